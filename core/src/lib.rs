@@ -1,0 +1,22 @@
+//! The pure core of ptrack: everything that can be reasoned about and tested
+//! without a PostgreSQL server.
+//!
+//! * [`lsn`]: log sequence numbers and their textual form.
+//! * [`block`]: the identity of a relation block and its two map slots.
+//! * [`map`]: the lock-free LSN map that lives in shared memory.
+//! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
+//! * [`relfile`]: relation file names and data-directory paths.
+//! * [`walk`]: the data-directory walk that turns the map into per-segment page maps.
+//!
+//! The extension (the crate one directory up) is a thin pgrx shell around these.
+
+pub mod block;
+pub mod lsn;
+pub mod map;
+pub mod mapfile;
+pub mod relfile;
+pub mod walk;
+
+pub use block::{BlockKey, Fork, RelFileKey};
+pub use lsn::Lsn;
+pub use map::{LsnMap, MapState, OwnedLsnMap};

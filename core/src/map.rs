@@ -1,0 +1,371 @@
+//! The LSN map: a fixed table of 64-bit LSNs shared by every process.
+//!
+//! Marking a block raises both of its slots to the marking LSN with an atomic
+//! max; nothing ever lowers a slot. A block counts as changed since `L` when
+//! both of its slots are `>= L`. Other blocks sharing a slot can only raise it,
+//! so collisions cause false positives and never false negatives.
+//!
+//! The map is complete only from its init LSN on: a block changed before the map
+//! existed left no mark. [`LsnMap::changed_since`] therefore reports every block
+//! for an `L` the map cannot vouch for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::block::{slot_pair, BlockHasher, BlockKey, RelFileKey};
+use crate::lsn::Lsn;
+
+/// The part of the shared map that is not slots.
+///
+/// It sits at the start of the shared memory region, followed by the slots.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct MapState {
+    /// The LSN from which on every block write is marked; 0 until the first mark
+    /// (or the first question) after a new map was started.
+    init_lsn: AtomicU64,
+    /// The checkpoint REDO LSN of the last successful flush to disk, 0 if none.
+    flushed_redo: AtomicU64,
+}
+
+/// A view of a map: its state and its slots, wherever they live.
+#[derive(Clone, Copy, Debug)]
+pub struct LsnMap<'a> {
+    state: &'a MapState,
+    slots: &'a [AtomicU64],
+}
+
+/// Raises `slot` to at least `lsn`.
+///
+/// The plain load first skips the locked instruction when another write already
+/// raised the slot. Release ordering publishes the mark before anything the
+/// marking process does afterwards, such as ending the buffer I/O that the
+/// checkpointer waits for before it flushes the map.
+#[inline(always)]
+fn raise(slot: &AtomicU64, lsn: u64) {
+    let mut current = slot.load(Ordering::Relaxed);
+    while current < lsn {
+        match slot.compare_exchange_weak(current, lsn, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+impl<'a> LsnMap<'a> {
+    /// A view of `slots` governed by `state`. There must be at least one slot.
+    pub fn new(state: &'a MapState, slots: &'a [AtomicU64]) -> Option<Self> {
+        (!slots.is_empty()).then_some(LsnMap { state, slots })
+    }
+
+    /// Bytes of shared memory a map of `slot_count` slots occupies.
+    pub fn region_size(slot_count: usize) -> usize {
+        std::mem::size_of::<MapState>() + slot_count * std::mem::size_of::<AtomicU64>()
+    }
+
+    /// A view of a region laid out as [`MapState`] followed by `slot_count` slots.
+    ///
+    /// # Safety
+    /// `region` must point to [`LsnMap::region_size`]`(slot_count)` bytes, aligned
+    /// for `MapState`, that stay mapped for `'a` and are only ever accessed
+    /// through atomics (all-zero bytes are a valid empty map).
+    pub unsafe fn from_region(region: *mut u8, slot_count: usize) -> Option<Self> {
+        if region.is_null() || slot_count == 0 {
+            return None;
+        }
+        // SAFETY: the caller guarantees size, alignment, lifetime and atomic-only
+        // access; `MapState` is `repr(C)` and the slots start right after it, at a
+        // multiple of 64 bytes, so they are aligned for `AtomicU64`.
+        unsafe {
+            let state = &*(region as *const MapState);
+            let first_slot = region.add(std::mem::size_of::<MapState>()) as *const AtomicU64;
+            let slots = std::slice::from_raw_parts(first_slot, slot_count);
+            Some(LsnMap { state, slots })
+        }
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn slots(&self) -> &'a [AtomicU64] {
+        self.slots
+    }
+
+    /// Marks `key` as written at `lsn`. Lock-free, allocation-free and panic-free:
+    /// it runs inside PostgreSQL's critical sections.
+    #[inline]
+    pub fn mark(&self, key: &BlockKey, lsn: Lsn) {
+        let (first, second) = slot_pair(key.hash(), self.slots.len());
+        // `slot_pair` returns indexes below `slots.len()`; `get` keeps this path
+        // free of a bounds-check panic all the same.
+        if let (Some(first), Some(second)) = (self.slots.get(first), self.slots.get(second)) {
+            raise(first, lsn.0);
+            raise(second, lsn.0);
+        }
+        if self.state.init_lsn.load(Ordering::Relaxed) == 0 {
+            self.start_tracking_at(lsn);
+        }
+    }
+
+    /// Makes `lsn` the init LSN if tracking has not started yet, and returns the
+    /// init LSN in force. Every write from now on is marked with an LSN read
+    /// after this call, so the map is complete from here.
+    pub fn start_tracking_at(&self, lsn: Lsn) -> Lsn {
+        if !lsn.is_valid() {
+            return self.init_lsn();
+        }
+        match self
+            .state
+            .init_lsn
+            .compare_exchange(0, lsn.0, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => lsn,
+            Err(existing) => Lsn(existing),
+        }
+    }
+
+    /// The LSN from which on the map is complete; `Lsn::INVALID` if not started.
+    pub fn init_lsn(&self) -> Lsn {
+        Lsn(self.state.init_lsn.load(Ordering::Acquire))
+    }
+
+    /// Declares everything before `lsn` unknown, for when marks may have been
+    /// lost (a directory that could not be read, say). Never lowers the init LSN.
+    pub fn forget_before(&self, lsn: Lsn) {
+        self.state.init_lsn.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    /// Whether the map can answer for changes since `since`: only from its init
+    /// LSN on. For earlier LSNs every block must be reported.
+    pub fn covers(&self, since: Lsn) -> bool {
+        let init = self.init_lsn();
+        init.is_valid() && since >= init
+    }
+
+    /// Whether `key` may have been written at or after `since`.
+    #[inline]
+    pub fn changed_since(&self, key: &BlockKey, since: Lsn) -> bool {
+        key.file.fork.always_reported_in_full()
+            || !self.covers(since)
+            || self.slots_reach(key.hash(), since.0)
+    }
+
+    /// Both slots of `hash` are at least `since`; the second is loaded only
+    /// when the first passes, which is rare when few blocks changed.
+    #[inline(always)]
+    fn slots_reach(&self, hash: u64, since: u64) -> bool {
+        let (first, second) = slot_pair(hash, self.slots.len());
+        let reaches = |index: usize| {
+            self.slots
+                .get(index)
+                .is_none_or(|slot| slot.load(Ordering::Relaxed) >= since)
+        };
+        reaches(first) && reaches(second)
+    }
+
+    /// A question about many blocks of one relation fork since one LSN, with
+    /// the per-file work done once.
+    pub fn file_query(&self, file: &RelFileKey, since: Lsn) -> FileQuery<'a> {
+        let everything = file.fork.always_reported_in_full() || !self.covers(since);
+        FileQuery {
+            map: *self,
+            hasher: file.hasher(),
+            since: since.0,
+            everything,
+        }
+    }
+
+    /// Replaces every slot and the init LSN, for loading a map from disk. Only
+    /// for a map no other process is using yet.
+    pub fn load(&self, init_lsn: Lsn, slots: impl IntoIterator<Item = u64>) {
+        for (slot, value) in self.slots.iter().zip(slots) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        self.state.init_lsn.store(init_lsn.0, Ordering::Release);
+    }
+
+    /// Clears every slot and the init LSN: a new, empty map.
+    pub fn reset(&self) {
+        self.load(Lsn::INVALID, std::iter::repeat(0));
+        self.state.flushed_redo.store(0, Ordering::Release);
+    }
+
+    pub fn flushed_redo(&self) -> Lsn {
+        Lsn(self.state.flushed_redo.load(Ordering::Acquire))
+    }
+
+    pub fn set_flushed_redo(&self, redo: Lsn) {
+        self.state.flushed_redo.store(redo.0, Ordering::Release);
+    }
+}
+
+/// See [`LsnMap::file_query`].
+#[derive(Clone, Copy, Debug)]
+pub struct FileQuery<'a> {
+    map: LsnMap<'a>,
+    hasher: BlockHasher,
+    since: u64,
+    everything: bool,
+}
+
+impl FileQuery<'_> {
+    #[inline]
+    pub fn changed(&self, block: u32) -> bool {
+        self.everything || self.map.slots_reach(self.hasher.hash(block), self.since)
+    }
+
+    /// True when every block of the file is reported regardless of the slots.
+    pub fn reports_everything(&self) -> bool {
+        self.everything
+    }
+}
+
+/// A map on the heap, for tests, benchmarks and tools.
+#[derive(Debug)]
+pub struct OwnedLsnMap {
+    state: MapState,
+    slots: Box<[AtomicU64]>,
+}
+
+impl OwnedLsnMap {
+    pub fn new(slot_count: usize) -> Self {
+        assert!(slot_count > 0, "a map needs at least one slot");
+        OwnedLsnMap {
+            state: MapState::default(),
+            slots: (0..slot_count).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn view(&self) -> LsnMap<'_> {
+        LsnMap {
+            state: &self.state,
+            slots: &self.slots,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::Fork;
+
+    fn key(relfilenode: u32, block: u32) -> BlockKey {
+        RelFileKey {
+            tablespace: 1663,
+            database: 5,
+            relfilenode,
+            fork: Fork::Main,
+        }
+        .block(block)
+    }
+
+    #[test]
+    fn a_new_map_reports_everything_until_tracking_starts() {
+        let owned = OwnedLsnMap::new(64);
+        let map = owned.view();
+        assert!(!map.covers(Lsn(100)));
+        assert!(map.changed_since(&key(1, 1), Lsn(100)));
+        map.mark(&key(1, 1), Lsn(500));
+        assert_eq!(map.init_lsn(), Lsn(500));
+        assert!(
+            !map.changed_since(&key(1, 2), Lsn(501)),
+            "no slot holds an LSN past the last mark"
+        );
+        assert!(
+            map.changed_since(&key(1, 2), Lsn(499)),
+            "before init everything counts"
+        );
+    }
+
+    #[test]
+    fn marks_answer_by_lsn() {
+        let owned = OwnedLsnMap::new(1 << 16);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(10));
+        map.mark(&key(7, 3), Lsn(1000));
+        assert!(map.changed_since(&key(7, 3), Lsn(10)));
+        assert!(map.changed_since(&key(7, 3), Lsn(1000)));
+        assert!(!map.changed_since(&key(7, 3), Lsn(1001)));
+        let unmarked = (0..100)
+            .filter(|&b| !map.changed_since(&key(8, b), Lsn(10)))
+            .count();
+        assert!(unmarked > 95, "a sparse map reports few false positives");
+    }
+
+    #[test]
+    fn marks_never_go_down() {
+        let owned = OwnedLsnMap::new(8);
+        let map = owned.view();
+        map.mark(&key(1, 1), Lsn(900));
+        map.mark(&key(1, 1), Lsn(300));
+        assert!(map.changed_since(&key(1, 1), Lsn(900)));
+    }
+
+    #[test]
+    fn the_init_lsn_is_set_once_and_only_raised_by_forget() {
+        let owned = OwnedLsnMap::new(8);
+        let map = owned.view();
+        assert_eq!(map.start_tracking_at(Lsn(50)), Lsn(50));
+        assert_eq!(map.start_tracking_at(Lsn(70)), Lsn(50));
+        map.mark(&key(1, 1), Lsn(20));
+        assert_eq!(map.init_lsn(), Lsn(50));
+        map.forget_before(Lsn(80));
+        map.forget_before(Lsn(60));
+        assert_eq!(map.init_lsn(), Lsn(80));
+        assert!(map.changed_since(&key(1, 1), Lsn(79)));
+    }
+
+    #[test]
+    fn free_space_and_visibility_forks_are_always_reported() {
+        let owned = OwnedLsnMap::new(1 << 10);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(1));
+        for fork in [Fork::FreeSpace, Fork::Visibility] {
+            let file = RelFileKey {
+                tablespace: 1663,
+                database: 5,
+                relfilenode: 9,
+                fork,
+            };
+            assert!(map.changed_since(&file.block(0), Lsn(u64::MAX)));
+            assert!(map.file_query(&file, Lsn(u64::MAX)).reports_everything());
+        }
+    }
+
+    #[test]
+    fn file_query_agrees_with_changed_since() {
+        let owned = OwnedLsnMap::new(4096);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(1));
+        for block in (0..5000).step_by(7) {
+            map.mark(&key(3, block), Lsn(u64::from(block) + 100));
+        }
+        for since in [Lsn(1), Lsn(2000), Lsn(4000)] {
+            let query = map.file_query(&key(3, 0).file, since);
+            for block in 0..5000 {
+                assert_eq!(
+                    query.changed(block),
+                    map.changed_since(&key(3, block), since)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn region_view_matches_layout() {
+        let slot_count = 100;
+        let mut region = vec![0u64; LsnMap::region_size(slot_count) / 8 + 8];
+        // Align the region start to 64 bytes inside the buffer.
+        let base = region.as_mut_ptr() as *mut u8;
+        let offset = base.align_offset(64);
+        // SAFETY: the buffer is zeroed, large enough for the region after the
+        // alignment offset, outlives `map`, and is only accessed through it.
+        let map = unsafe { LsnMap::from_region(base.add(offset), slot_count) }.unwrap();
+        assert_eq!(map.slot_count(), slot_count);
+        map.mark(&key(1, 1), Lsn(42));
+        assert_eq!(map.init_lsn(), Lsn(42));
+        assert!(map.slots().iter().any(|s| s.load(Ordering::Relaxed) == 42));
+        // SAFETY: as above.
+        assert!(unsafe { LsnMap::from_region(base.add(offset), 0) }.is_none());
+    }
+}

@@ -1,0 +1,489 @@
+//! The map on disk: `global/ptrack.map`.
+//!
+//! Layout, little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `PTRACKMP` |
+//! | 8 | 4 | format version ([`FORMAT_VERSION`]) |
+//! | 12 | 4 | header length (64) |
+//! | 16 | 8 | system identifier of the cluster |
+//! | 24 | 8 | slot count |
+//! | 32 | 8 | init LSN |
+//! | 40 | 8 | REDO LSN of the checkpoint whose end wrote the file |
+//! | 48 | 16 | zero |
+//! | 64 | 8 × slot count | slots |
+//! | end − 8 | 4 | CRC-32 of every byte before it |
+//! | end − 4 | 4 | zero |
+//!
+//! The file is written to `ptrack.map.tmp` in chunks with a running CRC, made
+//! durable, and renamed over `ptrack.map`; the directory is then synced. A
+//! reader therefore sees an old complete file or a new complete file, and the
+//! CRC catches everything else.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::lsn::Lsn;
+
+pub const MAGIC: [u8; 8] = *b"PTRACKMP";
+/// Version 1: the layout above and the hash of [`crate::block`].
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+pub const TRAILER_LEN: usize = 8;
+pub const MAP_FILE_NAME: &str = "ptrack.map";
+pub const TEMP_FILE_NAME: &str = "ptrack.map.tmp";
+/// Bytes written per chunk: large enough for full-speed I/O, small enough to
+/// stay in cache between the copy out of the map and the CRC.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// What the header says besides magic and version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFileMeta {
+    pub system_identifier: u64,
+    pub slot_count: u64,
+    pub init_lsn: Lsn,
+    pub checkpoint_redo: Lsn,
+}
+
+/// What the running server expects of a file before it trusts it.
+#[derive(Clone, Copy, Debug)]
+pub struct Expectation {
+    pub system_identifier: u64,
+    pub slot_count: u64,
+    /// REDO LSN of the latest checkpoint in `pg_control`. A map written at an
+    /// older checkpoint missed the writes of every checkpoint after it (ptrack
+    /// was not loaded, or its flush failed).
+    pub latest_checkpoint_redo: Lsn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapFileError {
+    #[error("the file does not exist")]
+    Missing,
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the file is {found} bytes long, {expected} expected")]
+    WrongLength { found: u64, expected: u64 },
+    #[error("bad magic number")]
+    BadMagic,
+    #[error("format version {found}, this ptrack reads version {FORMAT_VERSION}")]
+    UnsupportedVersion { found: u32 },
+    #[error("header length {found}, {HEADER_LEN} expected")]
+    BadHeaderLength { found: u32 },
+    #[error("it belongs to the cluster with system identifier {found}, this one is {expected}")]
+    ForeignCluster { found: u64, expected: u64 },
+    #[error("it holds {found} slots, ptrack.map_size gives {expected}")]
+    WrongSlotCount { found: u64, expected: u64 },
+    #[error("CRC mismatch: stored {stored:08X}, computed {computed:08X}")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("reserved header bytes or trailer padding are not zero")]
+    NonZeroPadding,
+    #[error(
+        "it was written at the checkpoint with REDO {map_redo}, but pg_control's latest \
+         checkpoint has REDO {control_redo}: writes after it were not tracked"
+    )]
+    Stale { map_redo: Lsn, control_redo: Lsn },
+}
+
+pub fn file_len(slot_count: u64) -> u64 {
+    HEADER_LEN as u64 + slot_count * 8 + TRAILER_LEN as u64
+}
+
+fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..8].copy_from_slice(&MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&meta.system_identifier.to_le_bytes());
+    header[24..32].copy_from_slice(&meta.slot_count.to_le_bytes());
+    header[32..40].copy_from_slice(&meta.init_lsn.0.to_le_bytes());
+    header[40..48].copy_from_slice(&meta.checkpoint_redo.0.to_le_bytes());
+    header
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+/// Writes the whole map file to `out`: header, slots in chunks, CRC trailer.
+///
+/// Slots are read one by one with relaxed loads while other processes keep
+/// marking: a slot's value is at least what it was when the flush started,
+/// which is all a flush needs to promise (see the extension's flush hook).
+/// `slot_count` in `meta` must equal `slots.len()`.
+pub fn write_map(out: &mut impl Write, meta: &MapFileMeta, slots: &[AtomicU64]) -> io::Result<()> {
+    debug_assert_eq!(meta.slot_count, slots.len() as u64);
+    let mut crc = crc32fast::Hasher::new();
+    let header = encode_header(meta);
+    crc.update(&header);
+    out.write_all(&header)?;
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+    for slots in slots.chunks(CHUNK_BYTES / 8) {
+        chunk.clear();
+        chunk.extend(
+            slots
+                .iter()
+                .flat_map(|slot| slot.load(Ordering::Relaxed).to_le_bytes()),
+        );
+        crc.update(&chunk);
+        out.write_all(&chunk)?;
+    }
+    let mut trailer = [0u8; TRAILER_LEN];
+    trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
+    out.write_all(&trailer)
+}
+
+/// Atomically replaces `dir/ptrack.map` with the map: write to
+/// `dir/ptrack.map.tmp` (mode 0600), fsync, rename, fsync the directory.
+///
+/// On error the old `ptrack.map` is untouched and the temporary file removed
+/// where possible; an old map is then refused at the next start by its stale
+/// checkpoint REDO, so a failed flush can never be trusted later.
+pub fn persist(dir: &Path, meta: &MapFileMeta, slots: &[AtomicU64]) -> io::Result<()> {
+    let temp = dir.join(TEMP_FILE_NAME);
+    let result = write_temp_and_rename(dir, &temp, meta, slots);
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_temp_and_rename(
+    dir: &Path,
+    temp: &Path,
+    meta: &MapFileMeta,
+    slots: &[AtomicU64],
+) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(temp)?;
+    let mut writer = io::BufWriter::with_capacity(CHUNK_BYTES, file);
+    write_map(&mut writer, meta, slots)?;
+    let file = writer
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(temp, dir.join(MAP_FILE_NAME))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Removes the map and its temporary file, for `ptrack.map_size = 0`.
+/// Returns the paths it removed.
+pub fn remove_map_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for name in [MAP_FILE_NAME, TEMP_FILE_NAME] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(removed)
+}
+
+/// A map file whose every byte has been checked against an [`Expectation`].
+pub struct VerifiedMapFile<B: AsRef<[u8]>> {
+    bytes: B,
+    meta: MapFileMeta,
+}
+
+impl<B: AsRef<[u8]>> VerifiedMapFile<B> {
+    pub fn meta(&self) -> &MapFileMeta {
+        &self.meta
+    }
+
+    /// The slot values, in order.
+    pub fn slots(&self) -> impl Iterator<Item = u64> + '_ {
+        let bytes = self.bytes.as_ref();
+        bytes[HEADER_LEN..bytes.len() - TRAILER_LEN]
+            .chunks_exact(8)
+            .map(|slot| u64::from_le_bytes(slot.try_into().expect("8 bytes")))
+    }
+}
+
+/// Checks a map file image. Every check that can fail is made before any
+/// value of the file is used.
+pub fn verify<B: AsRef<[u8]>>(
+    bytes: B,
+    expect: &Expectation,
+) -> Result<VerifiedMapFile<B>, MapFileError> {
+    let data = bytes.as_ref();
+    let expected_len = file_len(expect.slot_count);
+    let wrong_length = || MapFileError::WrongLength {
+        found: data.len() as u64,
+        expected: expected_len,
+    };
+    if data.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(wrong_length());
+    }
+    let crc_at = data.len() - TRAILER_LEN;
+    let stored = u32_at(data, crc_at);
+    let computed = crc32fast::hash(&data[..crc_at]);
+    if stored != computed {
+        return Err(MapFileError::ChecksumMismatch { stored, computed });
+    }
+    if data[0..8] != MAGIC {
+        return Err(MapFileError::BadMagic);
+    }
+    let version = u32_at(data, 8);
+    if version != FORMAT_VERSION {
+        return Err(MapFileError::UnsupportedVersion { found: version });
+    }
+    let header_len = u32_at(data, 12);
+    if header_len as usize != HEADER_LEN {
+        return Err(MapFileError::BadHeaderLength { found: header_len });
+    }
+    if data[48..HEADER_LEN]
+        .iter()
+        .chain(&data[crc_at + 4..])
+        .any(|&b| b != 0)
+    {
+        return Err(MapFileError::NonZeroPadding);
+    }
+    let meta = MapFileMeta {
+        system_identifier: u64_at(data, 16),
+        slot_count: u64_at(data, 24),
+        init_lsn: Lsn(u64_at(data, 32)),
+        checkpoint_redo: Lsn(u64_at(data, 40)),
+    };
+    if meta.system_identifier != expect.system_identifier {
+        return Err(MapFileError::ForeignCluster {
+            found: meta.system_identifier,
+            expected: expect.system_identifier,
+        });
+    }
+    if meta.slot_count != expect.slot_count {
+        return Err(MapFileError::WrongSlotCount {
+            found: meta.slot_count,
+            expected: expect.slot_count,
+        });
+    }
+    if data.len() as u64 != expected_len {
+        return Err(wrong_length());
+    }
+    if meta.checkpoint_redo < expect.latest_checkpoint_redo {
+        return Err(MapFileError::Stale {
+            map_redo: meta.checkpoint_redo,
+            control_redo: expect.latest_checkpoint_redo,
+        });
+    }
+    Ok(VerifiedMapFile { bytes, meta })
+}
+
+/// Memory-maps `path` and verifies it.
+pub fn open_verified(
+    path: &Path,
+    expect: &Expectation,
+) -> Result<VerifiedMapFile<memmap2::Mmap>, MapFileError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(MapFileError::Missing),
+        Err(error) => return Err(error.into()),
+    };
+    let len = file.metadata()?.len();
+    if len < (HEADER_LEN + TRAILER_LEN) as u64 {
+        // An empty file cannot be mapped; it is simply too short.
+        return Err(MapFileError::WrongLength {
+            found: len,
+            expected: file_len(expect.slot_count),
+        });
+    }
+    // SAFETY: the map is only read, and only PostgreSQL's checkpointer writes
+    // this path, by renaming a new file over it: the mapped inode itself is
+    // never modified while we read it.
+    let mmap = unsafe { memmap2::Mmap::map(&file)? };
+    verify(mmap, expect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSID: u64 = 7_300_000_000_000_000_001;
+
+    fn slots(values: &[u64]) -> Vec<AtomicU64> {
+        values.iter().map(|&v| AtomicU64::new(v)).collect()
+    }
+
+    fn meta(slot_count: u64) -> MapFileMeta {
+        MapFileMeta {
+            system_identifier: SYSID,
+            slot_count,
+            init_lsn: Lsn(0x100),
+            checkpoint_redo: Lsn(0x5000),
+        }
+    }
+
+    fn expect(slot_count: u64) -> Expectation {
+        Expectation {
+            system_identifier: SYSID,
+            slot_count,
+            latest_checkpoint_redo: Lsn(0x5000),
+        }
+    }
+
+    fn image(values: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_map(&mut out, &meta(values.len() as u64), &slots(values)).unwrap();
+        out
+    }
+
+    fn reseal(bytes: &mut [u8]) {
+        let crc_at = bytes.len() - TRAILER_LEN;
+        let crc = crc32fast::hash(&bytes[..crc_at]);
+        bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn round_trip() {
+        let values: Vec<u64> = (0..100_000).map(|i| i * 3 + 1).collect();
+        let bytes = image(&values);
+        assert_eq!(bytes.len() as u64, file_len(values.len() as u64));
+        let verified = verify(&bytes, &expect(values.len() as u64)).unwrap();
+        assert_eq!(*verified.meta(), meta(values.len() as u64));
+        assert!(verified.slots().eq(values.iter().copied()));
+    }
+
+    #[test]
+    fn a_newer_map_than_pg_control_is_trusted() {
+        // A crash after the map flush but before pg_control was updated.
+        let bytes = image(&[1, 2, 3]);
+        let older_control = Expectation {
+            latest_checkpoint_redo: Lsn(0x4000),
+            ..expect(3)
+        };
+        assert!(verify(&bytes, &older_control).is_ok());
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_detected() {
+        let good = image(&[10, 20, 30, 40]);
+        let e = expect(4);
+        let check = |bytes: Vec<u8>, what: &str, matches: fn(&MapFileError) -> bool| {
+            let error = verify(&bytes, &e)
+                .err()
+                .unwrap_or_else(|| panic!("{what} not detected"));
+            assert!(matches(&error), "{what}: unexpected {error:?}");
+        };
+        check(Vec::new(), "empty", |e| {
+            matches!(e, MapFileError::WrongLength { .. })
+        });
+        check(good[..good.len() - 1].to_vec(), "truncated by one", |e| {
+            matches!(
+                e,
+                MapFileError::ChecksumMismatch { .. } | MapFileError::WrongLength { .. }
+            )
+        });
+        check(good[..40].to_vec(), "header only", |e| {
+            matches!(e, MapFileError::WrongLength { .. })
+        });
+        for (offset, what) in [
+            (0, "magic"),
+            (9, "version"),
+            (20, "sysid"),
+            (70, "slot"),
+            (good.len() - 6, "crc"),
+        ] {
+            let mut bytes = good.clone();
+            bytes[offset] ^= 0x10;
+            check(bytes, what, |e| {
+                matches!(e, MapFileError::ChecksumMismatch { .. })
+            });
+        }
+        let resealed = |offset: usize, value: &[u8]| {
+            let mut bytes = good.clone();
+            bytes[offset..offset + value.len()].copy_from_slice(value);
+            reseal(&mut bytes);
+            bytes
+        };
+        check(resealed(0, b"XTRACKMP"), "magic", |e| {
+            matches!(e, MapFileError::BadMagic)
+        });
+        check(resealed(8, &2u32.to_le_bytes()), "version", |e| {
+            matches!(e, MapFileError::UnsupportedVersion { found: 2 })
+        });
+        check(resealed(12, &72u32.to_le_bytes()), "header length", |e| {
+            matches!(e, MapFileError::BadHeaderLength { .. })
+        });
+        check(resealed(16, &1u64.to_le_bytes()), "foreign", |e| {
+            matches!(e, MapFileError::ForeignCluster { .. })
+        });
+        check(resealed(24, &5u64.to_le_bytes()), "slot count", |e| {
+            matches!(e, MapFileError::WrongSlotCount { .. })
+        });
+        check(resealed(50, &[1]), "reserved", |e| {
+            matches!(e, MapFileError::NonZeroPadding)
+        });
+        check(resealed(40, &0x4fffu64.to_le_bytes()), "stale", |e| {
+            matches!(e, MapFileError::Stale { .. })
+        });
+        // A well-formed map of another size: what a changed ptrack.map_size finds.
+        check(image(&[1, 2, 3, 4, 5]), "wrong size", |e| {
+            matches!(e, MapFileError::WrongSlotCount { .. })
+        });
+        // Extra bytes appended and resealed: length no longer matches the count.
+        let mut longer = good[..good.len() - TRAILER_LEN].to_vec();
+        longer.extend_from_slice(&[0; 8]);
+        longer.extend_from_slice(&[0; TRAILER_LEN]);
+        reseal(&mut longer);
+        check(longer, "longer", |e| {
+            matches!(e, MapFileError::WrongLength { .. })
+        });
+    }
+
+    #[test]
+    fn persist_replaces_atomically_and_cleans_up() {
+        let dir = std::env::temp_dir().join(format!("ptrack-mapfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        persist(&dir, &meta(3), &slots(&[7, 8, 9])).unwrap();
+        persist(&dir, &meta(3), &slots(&[70, 80, 90])).unwrap();
+        assert!(!dir.join(TEMP_FILE_NAME).exists());
+        let verified = open_verified(&dir.join(MAP_FILE_NAME), &expect(3)).unwrap();
+        assert_eq!(verified.slots().collect::<Vec<_>>(), vec![70, 80, 90]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(MAP_FILE_NAME))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let removed = remove_map_files(&dir).unwrap();
+        assert_eq!(removed, vec![dir.join(MAP_FILE_NAME)]);
+        assert!(matches!(
+            open_verified(&dir.join(MAP_FILE_NAME), &expect(3)),
+            Err(MapFileError::Missing)
+        ));
+        fs::write(dir.join(MAP_FILE_NAME), b"").unwrap();
+        assert!(matches!(
+            open_verified(&dir.join(MAP_FILE_NAME), &expect(3)),
+            Err(MapFileError::WrongLength { found: 0, .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_map() {
+        let dir = std::env::temp_dir().join(format!("ptrack-mapfile-fail-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        persist(&dir, &meta(2), &slots(&[1, 2])).unwrap();
+        // A directory where the temporary file should go makes the open fail.
+        fs::create_dir(dir.join(TEMP_FILE_NAME)).unwrap();
+        assert!(persist(&dir, &meta(2), &slots(&[3, 4])).is_err());
+        let verified = open_verified(&dir.join(MAP_FILE_NAME), &expect(2)).unwrap();
+        assert_eq!(verified.slots().collect::<Vec<_>>(), vec![1, 2]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

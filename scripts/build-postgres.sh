@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Build a patched PostgreSQL for ptrack development and testing.
+#
+# Usage: scripts/build-postgres.sh [MAJOR]        (MAJOR defaults to 17)
+#
+# Fetches the upstream PostgreSQL source tarball from Debian's source package
+# (through a private apt configuration, the system one is left untouched),
+# applies patches/postgresql-MAJOR.patch, builds it and installs it into
+#
+#   ${PTRACK_CACHE_DIR:-$HOME/.cache/ptrack}/pg-<version>-<flavor>-<hash>
+#
+# where <hash> is the first 12 hex digits of the sha256 of the patch file
+# followed by the configure flags.  A finished install is marked with a stamp
+# file; if it exists the script does nothing.  Progress goes to stderr, the
+# last line on stdout is the install prefix:
+#
+#   prefix=$(scripts/build-postgres.sh 17 | tail -n1)
+#
+# Environment:
+#   PTRACK_CACHE_DIR   cache root (default: $HOME/.cache/ptrack)
+#   PTRACK_PG_FLAVOR   "test" (default; --enable-cassert) or "bench" (no cassert)
+#   PTRACK_PG_VERSION  build this upstream version instead of the pinned one
+#                      (it must be the version the Debian suite currently has)
+#   PTRACK_PG_JOBS     make parallelism (default: 2)
+#
+# Must run as root (it installs build dependencies with apt-get).  The result
+# is readable by the "postgres" OS user.
+
+set -euo pipefail
+
+# The braces make bash parse the whole script before running it, so editing
+# this file while a build is running does not break that build.
+{
+
+# All output except the final prefix goes to stderr.
+exec 3>&1 1>&2
+
+log() { printf 'build-postgres: %s\n' "$*"; }
+die() { printf 'build-postgres: ERROR: %s\n' "$*"; exit 1; }
+
+MAJOR=${1:-17}
+
+# Per-major settings.  PG_VERSION is the upstream version we build and the one
+# the patch is written against; PG_ORIG_SHA256 is the sha256 of Debian's
+# postgresql-MAJOR_PG_VERSION.orig.tar.* (identical to the upstream tarball).
+# To add a major: add a case here and a patches/postgresql-MAJOR.patch.
+case "$MAJOR" in
+	17)
+		PG_VERSION=17.11
+		PG_ORIG_SHA256=dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979
+		DEBIAN_SUITE=trixie
+		;;
+	*)
+		die "unsupported PostgreSQL major version '$MAJOR' (supported: 17)"
+		;;
+esac
+
+if [ -n "${PTRACK_PG_VERSION:-}" ] && [ "$PTRACK_PG_VERSION" != "$PG_VERSION" ]; then
+	PG_VERSION=$PTRACK_PG_VERSION
+	PG_ORIG_SHA256=		# not pinned; apt's signed Sources index is the only check
+fi
+case "$PG_VERSION" in
+	"$MAJOR".*) ;;
+	*) die "version $PG_VERSION does not belong to major $MAJOR" ;;
+esac
+
+DEBIAN_MIRROR=http://deb.debian.org/debian
+SRC_PKG=postgresql-$MAJOR
+JOBS=${PTRACK_PG_JOBS:-2}
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PATCH_FILE=$REPO_ROOT/patches/postgresql-$MAJOR.patch
+[ -f "$PATCH_FILE" ] || die "missing $PATCH_FILE"
+
+FLAVOR=${PTRACK_PG_FLAVOR:-test}
+case "$FLAVOR" in
+	test)  CONFIGURE_FLAGS=(--enable-cassert --enable-debug --without-icu "CFLAGS=-O2 -g") ;;
+	bench) CONFIGURE_FLAGS=(--enable-debug --without-icu "CFLAGS=-O2 -g") ;;
+	*) die "unknown PTRACK_PG_FLAVOR '$FLAVOR' (expected: test, bench)" ;;
+esac
+
+CACHE_DIR=${PTRACK_CACHE_DIR:-$HOME/.cache/ptrack}
+case "$CACHE_DIR" in
+	/*) ;;
+	*) CACHE_DIR=$PWD/$CACHE_DIR ;;
+esac
+BUILD_HASH=$({ cat "$PATCH_FILE"; printf '%s\n' "${CONFIGURE_FLAGS[@]}"; } |
+	sha256sum | cut -c1-12)
+PREFIX=$CACHE_DIR/pg-$PG_VERSION-$FLAVOR-$BUILD_HASH
+STAMP=$PREFIX/.ptrack-build-complete
+
+finish() {
+	log "PostgreSQL $PG_VERSION ($FLAVOR) is installed in $PREFIX"
+	printf '%s\n' "$PREFIX" >&3
+	exit 0
+}
+
+# Fast path: already built.
+[ -f "$STAMP" ] && finish
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+umask 022
+mkdir -p "$CACHE_DIR"
+
+# Serialize concurrent builds of the same major; re-check after the wait.
+exec 9>"$CACHE_DIR/.build-pg-$MAJOR.lock"
+if ! flock -n 9; then
+	log "another build of PostgreSQL $MAJOR is running, waiting for it"
+	flock 9
+fi
+[ -f "$STAMP" ] && finish
+
+# ---------------------------------------------------------------------------
+# Build dependencies
+# ---------------------------------------------------------------------------
+BUILD_DEPS=(build-essential bison flex perl patch bzip2 xz-utils zlib1g-dev
+	libreadline-dev pkg-config ca-certificates debian-archive-keyring)
+
+missing=()
+for pkg in "${BUILD_DEPS[@]}"; do
+	if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
+		missing+=("$pkg")
+	fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	log "installing build dependencies: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
+		apt-get update
+		apt-get install -y --no-install-recommends "${missing[@]}"
+	fi
+fi
+
+# ---------------------------------------------------------------------------
+# Upstream source, from Debian's source package
+# ---------------------------------------------------------------------------
+SRC_CACHE=$CACHE_DIR/src
+mkdir -p "$SRC_CACHE"
+
+find_orig() {
+	local f
+	for f in "$SRC_CACHE/${SRC_PKG}_$PG_VERSION".orig.tar.*; do
+		[ -f "$f" ] && { printf '%s\n' "$f"; return 0; }
+	done
+	return 1
+}
+
+verify_orig() {
+	local f=$1 sum
+	[ -n "$PG_ORIG_SHA256" ] || return 0
+	sum=$(sha256sum "$f" | cut -d' ' -f1)
+	[ "$sum" = "$PG_ORIG_SHA256" ] ||
+		die "$f: sha256 $sum does not match the pinned $PG_ORIG_SHA256"
+}
+
+fetch_orig() {
+	local aptdir=$CACHE_DIR/apt/$DEBIAN_SUITE dl f got apt_opts
+	mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial"
+	# Signatures are checked with the machine's debian-archive-keyring: trixie's
+	# InRelease is signed by the "12/bookworm" archive key as well as the
+	# trixie keys, so any Debian 12 keyring verifies it and no [trusted=yes]
+	# fallback is needed.  The tarball is also pinned by PG_ORIG_SHA256.
+	printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+		"$DEBIAN_MIRROR" "$DEBIAN_SUITE" >"$aptdir/sources.list"
+	apt_opts=(
+		-o "Dir::Etc::SourceList=$aptdir/sources.list"
+		-o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State::Lists=$aptdir/lists"
+		-o "Dir::Cache=$aptdir/cache"
+		-o "Dir::Cache::Archives=$aptdir/cache/archives"
+		-o APT::Sandbox::User=root
+		-o APT::Get::Only-Source=true
+		-o Acquire::Languages=none
+	)
+	log "updating private apt index for Debian $DEBIAN_SUITE sources"
+	apt-get "${apt_opts[@]}" -q update >/dev/null
+
+	dl=$(mktemp -d "$SRC_CACHE/download.XXXXXX")
+	log "downloading Debian source package $SRC_PKG"
+	(cd "$dl" && apt-get "${apt_opts[@]}" -q source --download-only "$SRC_PKG" >/dev/null)
+
+	got=
+	for f in "$dl/${SRC_PKG}"_*.orig.tar.*; do
+		[ -f "$f" ] || continue
+		got=${f##*/"${SRC_PKG}"_}
+		got=${got%%.orig.tar.*}
+		if [ "$got" = "$PG_VERSION" ]; then
+			mv "$f" "$SRC_CACHE/"
+		fi
+	done
+	rm -rf "$dl"
+	[ -n "$got" ] || die "no ${SRC_PKG}_*.orig.tar.* in the Debian source package"
+	[ "$got" = "$PG_VERSION" ] ||
+		die "Debian $DEBIAN_SUITE now has PostgreSQL $got, not $PG_VERSION: update PG_VERSION/PG_ORIG_SHA256 in $0 and check that $PATCH_FILE still applies (or set PTRACK_PG_VERSION=$got to try it)"
+}
+
+if ! ORIG=$(find_orig); then
+	fetch_orig
+	ORIG=$(find_orig) || die "download of the $PG_VERSION tarball failed"
+fi
+verify_orig "$ORIG"
+log "upstream source: $ORIG"
+
+# ---------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------
+START=$(date +%s)
+mkdir -p "$CACHE_DIR/build"
+# Left over from a failed or interrupted build of the same configuration.
+rm -rf "$CACHE_DIR/build/pg-$PG_VERSION-$FLAVOR-$BUILD_HASH".*
+BUILD_DIR=$(mktemp -d "$CACHE_DIR/build/pg-$PG_VERSION-$FLAVOR-$BUILD_HASH.XXXXXX")
+LOG=$BUILD_DIR/build.log
+
+run() {
+	if ! "$@" >>"$LOG" 2>&1; then
+		tail -n 60 "$LOG"
+		die "'$*' failed; full log: $LOG (build dir kept)"
+	fi
+}
+
+log "build dir: $BUILD_DIR (log: $LOG)"
+tar -xf "$ORIG" -C "$BUILD_DIR"
+SRC=$BUILD_DIR/postgresql-$PG_VERSION
+[ -d "$SRC" ] || die "tarball did not contain postgresql-$PG_VERSION/"
+
+log "applying $PATCH_FILE"
+if ! patch -d "$SRC" -p1 --batch --forward --fuzz=0 --no-backup-if-mismatch \
+	-i "$PATCH_FILE" >>"$LOG" 2>&1; then
+	tail -n 30 "$LOG"
+	die "$PATCH_FILE does not apply cleanly to PostgreSQL $PG_VERSION"
+fi
+
+# A stale or partial install from an interrupted run.
+rm -rf "$PREFIX"
+
+log "configure --prefix=$PREFIX ${CONFIGURE_FLAGS[*]}"
+(cd "$SRC" && run ./configure --prefix="$PREFIX" "${CONFIGURE_FLAGS[@]}")
+
+# Only what the server, the client tools and extension builds need.  This
+# skips ecpg (whose preproc.y generation can race in a parallel make of a
+# fresh tree), contrib, docs and the test suites.  src/Makefile itself is
+# .NOTPARALLEL, so the directories are built one after another, each with -j.
+SUBDIRS=(
+	src/common
+	src/port
+	src/timezone
+	src/backend
+	src/backend/utils/mb/conversion_procs
+	src/backend/snowball
+	src/include
+	src/interfaces/libpq
+	src/backend/replication/libpqwalreceiver
+	src/backend/replication/pgoutput
+	src/fe_utils
+	src/bin
+	src/pl/plpgsql
+	src/makefiles
+)
+for d in "${SUBDIRS[@]}"; do
+	log "make -j$JOBS -C $d"
+	run make -C "$SRC/$d" -j"$JOBS"
+done
+
+log "installing into $PREFIX"
+for d in "${SUBDIRS[@]}"; do
+	run make -C "$SRC/$d" install
+done
+# PGXS support files (src/Makefile.global etc. and config/install-sh).
+run make -C "$SRC/src" install-local
+run make -C "$SRC/config" install
+
+# ---------------------------------------------------------------------------
+# Check the result
+# ---------------------------------------------------------------------------
+for b in postgres initdb pg_ctl psql pgbench pg_controldata pg_basebackup \
+	pg_checksums pg_rewind pg_resetwal pg_waldump pg_config; do
+	[ -x "$PREFIX/bin/$b" ] || die "$PREFIX/bin/$b is missing"
+done
+PKGLIBDIR=$("$PREFIX/bin/pg_config" --pkglibdir)
+SHAREDIR=$("$PREFIX/bin/pg_config" --sharedir)
+INCLUDEDIR_SERVER=$("$PREFIX/bin/pg_config" --includedir-server)
+[ -f "$PKGLIBDIR/plpgsql.so" ] || die "plpgsql.so is missing"
+[ -f "$SHAREDIR/timezone/UTC" ] || die "timezone data is missing"
+[ -f "$INCLUDEDIR_SERVER/postgres.h" ] || die "server headers are missing"
+[ -f "$INCLUDEDIR_SERVER/storage/md.h" ] || die "server headers are missing"
+mkdir -p "$SHAREDIR/extension"
+DYNSYMS=$(nm -D --defined-only "$PREFIX/bin/postgres")
+for sym in mdwrite_hook mdextend_hook copydir_hook ProcessSyncRequests_hook; do
+	grep -qw "$sym" <<<"$DYNSYMS" ||
+		die "postgres does not export $sym: is the patch complete?"
+done
+
+# The tree must be usable by the postgres OS user.  The cache usually lives
+# under /root (mode 0700), so grant search (not read) permission on the
+# ancestors that lack it.
+if id postgres >/dev/null 2>&1 &&
+	! runuser -u postgres -- test -x "$PREFIX/bin/postgres"; then
+	d=
+	IFS=/ read -ra parts <<<"${PREFIX#/}"
+	for part in "${parts[@]}"; do
+		d=$d/$part
+		if ! runuser -u postgres -- test -x "$d"; then
+			log "granting search permission on $d to other users (chmod o+x)"
+			chmod o+x "$d"
+		fi
+	done
+	runuser -u postgres -- test -x "$PREFIX/bin/postgres" ||
+		die "$PREFIX is not accessible by the postgres user"
+fi
+
+ELAPSED=$(($(date +%s) - START))
+{
+	printf 'version=%s\n' "$PG_VERSION"
+	printf 'flavor=%s\n' "$FLAVOR"
+	printf 'configure=%s\n' "${CONFIGURE_FLAGS[*]}"
+	printf 'patch_sha256=%s\n' "$(sha256sum "$PATCH_FILE" | cut -d' ' -f1)"
+	printf 'source=%s\n' "${ORIG##*/}"
+	printf 'build_seconds=%s\n' "$ELAPSED"
+	printf 'built_at=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} >"$STAMP.tmp"
+mv "$STAMP.tmp" "$STAMP"
+
+rm -rf "$BUILD_DIR"
+log "build took ${ELAPSED}s"
+finish
+exit
+}

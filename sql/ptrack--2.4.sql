@@ -1,0 +1,46 @@
+/* ptrack--2.4.sql: the SQL API of ptrack 2.4, as pg_probackup uses it. */
+
+\echo Use "CREATE EXTENSION ptrack" to load this file. \quit
+
+CREATE FUNCTION ptrack_version()
+RETURNS text
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION ptrack_version() IS
+'Version of the ptrack SQL API.';
+
+CREATE FUNCTION ptrack_init_lsn()
+RETURNS pg_lsn
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION ptrack_init_lsn() IS
+'LSN since which ptrack misses no change: start LSNs before it report every block.';
+
+CREATE FUNCTION ptrack_get_pagemapset(start_lsn pg_lsn)
+RETURNS TABLE (path text, pagecount bigint, pagemap bytea)
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION ptrack_get_pagemapset(pg_lsn) IS
+'One row per relation segment file with blocks changed since start_lsn: path relative to PGDATA, number of changed blocks, bitmap of changed blocks (bit b % 8 of byte b / 8 is block b of the segment).';
+
+CREATE FUNCTION ptrack_get_change_stat(start_lsn pg_lsn)
+RETURNS TABLE (files bigint, pages numeric, "size, MB" numeric)
+LANGUAGE sql STRICT VOLATILE PARALLEL RESTRICTED
+BEGIN ATOMIC
+    SELECT count(*),
+           coalesce(sum(pagecount), 0)::numeric,
+           coalesce(sum(pagecount), 0)::numeric * current_setting('block_size')::numeric / (1024 * 1024)
+      FROM ptrack_get_pagemapset(start_lsn);
+END;
+
+COMMENT ON FUNCTION ptrack_get_change_stat(pg_lsn) IS
+'Files, pages and megabytes an incremental backup since start_lsn would copy.';
+
+-- Change maps reveal write activity: only roles granted EXECUTE may read them.
+REVOKE EXECUTE ON FUNCTION ptrack_version() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ptrack_init_lsn() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ptrack_get_pagemapset(pg_lsn) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ptrack_get_change_stat(pg_lsn) FROM PUBLIC;
