@@ -55,7 +55,6 @@ psql_demo -qc "CHECKPOINT"
 
 echo "== what an incremental backup since $start_lsn would copy"
 psql_demo -At -F ' ' <<SQL
-\\timing off
 SELECT format('   cluster: %s relation files, %s blocks, %s MB',
               count(*), sum(pagecount), round(sum(pagecount) * 8192 / 1048576.0, 1))
   FROM ptrack_get_pagemapset('0/0');

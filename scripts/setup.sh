@@ -18,7 +18,7 @@ log() { printf 'setup: %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { log "run as root (PostgreSQL itself runs as the postgres user)"; exit 1; }
 
 # pgrx runs bindgen, which needs libclang; the tests use runuser (util-linux).
-packages=(libclang-dev clang util-linux ca-certificates)
+packages=(libclang-dev util-linux ca-certificates)
 missing=()
 for package in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")

@@ -64,7 +64,7 @@ fn mark_block(
         return;
     };
     // Fork numbers outside 0..=3 do not exist on disk; there is nothing to mark.
-    let Some(fork) = Fork::from_number(fork as i32) else {
+    let Some(fork) = Fork::from_number(fork) else {
         return;
     };
     let key = RelFileKey {
