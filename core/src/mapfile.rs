@@ -227,6 +227,21 @@ pub fn verify<B: AsRef<[u8]>>(
     if data.len() < HEADER_LEN + TRAILER_LEN {
         return Err(wrong_length());
     }
+    if data.len() as u64 != expected_len {
+        // Name the likelier cause: a whole map of another size (ptrack.map_size
+        // changed) or a file cut short or padded.
+        let slot_count = u64_at(data, 24);
+        return Err(
+            if data[0..8] == MAGIC && file_len(slot_count) == data.len() as u64 {
+                MapFileError::WrongSlotCount {
+                    found: slot_count,
+                    expected: expect.slot_count,
+                }
+            } else {
+                wrong_length()
+            },
+        );
+    }
     let crc_at = data.len() - TRAILER_LEN;
     let stored = u32_at(data, crc_at);
     let computed = crc32fast::hash(&data[..crc_at]);

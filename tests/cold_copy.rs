@@ -1,0 +1,237 @@
+//! End-to-end soundness of the change tracking: take a cold copy A of the data
+//! directory, run a workload, take a cold copy B, and check that every block
+//! that differs between A and B is in `ptrack_get_pagemapset(L)`, where L is
+//! the REDO LSN of the checkpoint A was taken at.
+
+mod common;
+
+use std::time::Instant;
+
+use common::checker::{self, Report};
+use common::{workload, Cluster, Lsn, PageMapSet, StopMode};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    CleanStop,
+    RestartInTheMiddle,
+    CrashAndRecovery,
+}
+
+/// Least number of changed blocks for the workload to count as one.
+const MIN_CHANGED_BLOCKS: u64 = 2_000;
+/// The pagemapset for L may not cover more than this share of the blocks that
+/// did not change (FSM and VM forks, always reported, are about a fifth).
+const MAX_UNCHANGED_REPORTED_SHARE: f64 = 0.5;
+/// ... nor more than this share of the main forks of a database nobody touched.
+const MAX_REPORTED_SHARE_UNTOUCHED_DB: f64 = 0.1;
+
+fn phase(name: &str, t0: Instant, what: &str) {
+    eprintln!("[{name}] {:>6.1}s {what}", t0.elapsed().as_secs_f64());
+}
+
+fn run(variant: Variant, name: &str) {
+    let t0 = Instant::now();
+    let mut c = Cluster::new(name);
+    if variant == Variant::CrashAndRecovery {
+        // Few buffers: the burst before the crash has to evict dirty pages.
+        c.set_conf("shared_buffers", "'16MB'");
+    }
+    c.start();
+    workload::setup(&c);
+    c.stop(StopMode::Fast);
+    let snap_a = c.base.join("snap_a");
+    c.snapshot(&snap_a);
+    let l = c.controldata_redo_lsn();
+    phase(name, t0, &format!("snapshot A taken, L = {l}"));
+
+    c.start();
+    match variant {
+        Variant::CleanStop => {
+            workload::part1(&c);
+            workload::part2(&c);
+        }
+        Variant::RestartInTheMiddle => {
+            workload::part1(&c);
+            c.restart();
+            workload::part2(&c);
+        }
+        Variant::CrashAndRecovery => {
+            workload::part1(&c);
+            workload::part2(&c);
+            // The map on disk is the one of this checkpoint: everything after
+            // it must come back through crash recovery.
+            c.psql("CHECKPOINT;");
+            workload::burst(&c);
+            c.stop(StopMode::Immediate);
+            let mark = c.log_mark();
+            c.start();
+            let log = c.log_since(mark);
+            assert!(
+                log.contains("redo starts at"),
+                "[{name}] the server did not run crash recovery after the immediate stop:\n{log}"
+            );
+        }
+    }
+    c.stop(StopMode::Fast);
+    phase(name, t0, "workload done");
+    let snap_b = c.base.join("snap_b");
+    c.snapshot(&snap_b);
+
+    c.start();
+    let init = c.init_lsn();
+    assert!(
+        init <= l,
+        "[{name}] ptrack_init_lsn() = {init} is after L = {l}: the map was not kept, \
+         tracking since snapshot A is incomplete"
+    );
+    let pagemap = c.pagemapset(l);
+    check_paths(name, &pagemap);
+    let template0 = c.query_one("SELECT oid FROM pg_database WHERE datname = 'template0'");
+    let report = checker::compare(&snap_a, &snap_b, &pagemap);
+    phase(name, t0, "compared");
+    eprintln!("{}", report.summary(name));
+    let untouched = report.totals_where(|f| {
+        f.fork == checker::Fork::Main && f.path.starts_with(&format!("base/{template0}/"))
+    });
+    eprintln!("[{name}] template0 main forks: {untouched}");
+    for dir in checker::relation_dirs(&snap_b) {
+        eprintln!("[{name}]   {dir}: {}", report.totals_under(&dir));
+    }
+
+    if report.totals().false_negatives > 0 {
+        eprintln!("[{name}] relations with missed blocks:");
+        for line in describe_false_negatives(&c, &report) {
+            eprintln!("  {line}");
+        }
+    }
+    report.assert_no_false_negatives(name);
+
+    let totals = report.totals();
+    assert!(
+        totals.changed >= MIN_CHANGED_BLOCKS,
+        "[{name}] the workload changed only {} blocks: the check proves nothing",
+        totals.changed
+    );
+    let in_tablespace = report.totals_where(|f| f.path.starts_with("pg_tblspc/"));
+    assert!(
+        in_tablespace.changed > 0 && in_tablespace.blocks > in_tablespace.changed,
+        "[{name}] tablespace files were not compared properly: {in_tablespace}"
+    );
+    let unchanged = totals.blocks - totals.changed;
+    assert!(
+        (totals.false_positives as f64) < MAX_UNCHANGED_REPORTED_SHARE * unchanged as f64,
+        "[{name}] the pagemapset for L = {l} (>= init LSN {init}) reports {} of the {unchanged} \
+         blocks that did not change ({} reported of {} in all): tracking is not selective",
+        totals.false_positives,
+        totals.reported,
+        totals.blocks
+    );
+    assert!(
+        untouched.blocks > 0
+            && (untouched.reported as f64)
+                < MAX_REPORTED_SHARE_UNTOUCHED_DB * untouched.blocks as f64,
+        "[{name}] template0 was never written, yet its main forks are reported: {untouched}"
+    );
+    phase(name, t0, "done");
+}
+
+/// Every reported path must name a (non-temporary) relation segment file in a
+/// relation directory.
+fn check_paths(name: &str, pagemap: &PageMapSet) {
+    for path in pagemap.maps.keys() {
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        assert!(
+            !checker::is_temp_relation_file_name(file),
+            "[{name}] temporary relation reported: {path}"
+        );
+        assert!(
+            checker::parse_relation_file_name(file).is_some(),
+            "[{name}] reported path is not a relation file: {path}"
+        );
+        let parts: Vec<&str> = dir.split('/').collect();
+        let dir_ok = match parts.as_slice() {
+            ["global"] => true,
+            ["base", db] => db.parse::<u32>().is_ok(),
+            ["pg_tblspc", spc, ver, db] => {
+                spc.parse::<u32>().is_ok() && ver.starts_with("PG_") && db.parse::<u32>().is_ok()
+            }
+            _ => false,
+        };
+        assert!(
+            dir_ok,
+            "[{name}] reported path is not in a relation directory: {path}"
+        );
+    }
+}
+
+/// Best effort: the relations behind the files with false negatives.
+fn describe_false_negatives(c: &Cluster, report: &Report) -> Vec<String> {
+    report
+        .files
+        .iter()
+        .filter(|f| !f.false_negatives.is_empty())
+        .take(20)
+        .map(|f| {
+            let parts: Vec<&str> = f.path.split('/').collect();
+            let file = parts.last().copied().unwrap_or_default();
+            let node = checker::parse_relation_file_name(file).map_or(0, |r| r.relfilenode);
+            let (spc, db) = match parts.as_slice() {
+                ["base", db, _] => ("0".to_string(), Some(db.to_string())),
+                ["pg_tblspc", spc, _, db, _] => (spc.to_string(), Some(db.to_string())),
+                // Shared catalogs: pg_global.
+                ["global", _] => ("1664".to_string(), None),
+                _ => ("0".to_string(), None),
+            };
+            let datname = match &db {
+                Some(oid) => c
+                    .try_psql(&format!(
+                        "SELECT datname FROM pg_database WHERE oid = {oid}"
+                    ))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default(),
+                None => "postgres".to_string(),
+            };
+            let rel = if datname.is_empty() {
+                "?".to_string()
+            } else {
+                c.try_psql_db(
+                    &datname,
+                    &format!("SELECT pg_filenode_relation({spc}, {node})::regclass"),
+                )
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|e| e)
+            };
+            format!(
+                "{}: {} of {} blocks missed (new file: {}), db {datname:?}, relation {rel:?}",
+                f.path,
+                f.false_negatives.len(),
+                f.blocks,
+                f.new_file
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn clean_stop() {
+    run(Variant::CleanStop, "clean_stop");
+}
+
+#[test]
+fn restart_in_the_middle() {
+    run(Variant::RestartInTheMiddle, "restart_middle");
+}
+
+#[test]
+fn crash_and_recovery() {
+    run(Variant::CrashAndRecovery, "crash_recovery");
+}
+
+#[test]
+fn lsn_round_trip() {
+    let l: Lsn = "16/B374D848".parse().expect("valid LSN");
+    assert_eq!(l, Lsn(0x16_B374_D848));
+    assert_eq!(l.to_string(), "16/B374D848");
+    assert_eq!(Lsn(0).to_string(), "0/0");
+    assert!("16B374D848".parse::<Lsn>().is_err());
+}

@@ -1,0 +1,362 @@
+//! The cold-copy checker: compares two cold copies of a data directory block by
+//! block and holds the differences against a pagemapset. Every block that
+//! differs must be reported (no false negatives); identical blocks that are
+//! reported only cost backup size (false positives).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use super::{PageMapSet, BLCKSZ};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fork {
+    Main,
+    Fsm,
+    Vm,
+    Init,
+}
+
+/// A relation file name split up: `<relfilenode>[_fork][.segno]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelFileName {
+    pub relfilenode: u32,
+    pub fork: Fork,
+    pub segno: u64,
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses a relation file name; None for everything else (temporary relations
+/// `t3_16384`, pg_filenode.map, PG_VERSION, pg_internal.init, ptrack.map...).
+pub fn parse_relation_file_name(name: &str) -> Option<RelFileName> {
+    let (stem, segno) = match name.split_once('.') {
+        Some((stem, seg)) if all_digits(seg) => (stem, seg.parse().ok()?),
+        Some(_) => return None,
+        None => (name, 0),
+    };
+    let (node, fork) = match stem.split_once('_') {
+        Some((node, "fsm")) => (node, Fork::Fsm),
+        Some((node, "vm")) => (node, Fork::Vm),
+        Some((node, "init")) => (node, Fork::Init),
+        Some(_) => return None,
+        None => (stem, Fork::Main),
+    };
+    if !all_digits(node) {
+        return None;
+    }
+    Some(RelFileName {
+        relfilenode: node.parse().ok()?,
+        fork,
+        segno,
+    })
+}
+
+/// True for the name of a temporary relation's file (`t<backend>_<node>...`).
+pub fn is_temp_relation_file_name(name: &str) -> bool {
+    name.strip_prefix('t')
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(backend, rest)| {
+            all_digits(backend) && parse_relation_file_name(rest).is_some()
+        })
+}
+
+/// Directories (relative to the data directory) that hold relation files.
+pub fn relation_dirs(datadir: &Path) -> Vec<String> {
+    let mut dirs = vec!["global".to_string()];
+    let list = |rel: &str| -> Vec<String> {
+        match fs::read_dir(datadir.join(rel)) {
+            Ok(rd) => {
+                let mut v: Vec<String> = rd
+                    .map(|e| {
+                        e.expect("readdir entry")
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .filter(|n| datadir.join(rel).join(n).is_dir())
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => Vec::new(),
+        }
+    };
+    for db in list("base").into_iter().filter(|n| all_digits(n)) {
+        dirs.push(format!("base/{db}"));
+    }
+    for spc in list("pg_tblspc").into_iter().filter(|n| all_digits(n)) {
+        let spc_dir = format!("pg_tblspc/{spc}");
+        for ver in list(&spc_dir).into_iter().filter(|n| n.starts_with("PG_")) {
+            let ver_dir = format!("{spc_dir}/{ver}");
+            for db in list(&ver_dir).into_iter().filter(|n| all_digits(n)) {
+                dirs.push(format!("{ver_dir}/{db}"));
+            }
+        }
+    }
+    dirs
+}
+
+/// What the checker found for one relation file of the newer copy.
+#[derive(Clone, Debug)]
+pub struct FileStat {
+    pub path: String,
+    pub fork: Fork,
+    /// True when the older copy had no such file.
+    pub new_file: bool,
+    pub blocks: u64,
+    pub changed: u64,
+    pub reported: u64,
+    /// Changed blocks missing from the pagemap, with why they count as changed.
+    pub false_negatives: Vec<(u64, &'static str)>,
+    pub false_positives: u64,
+}
+
+/// Sums over a set of files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub blocks: u64,
+    pub changed: u64,
+    pub reported: u64,
+    pub false_negatives: u64,
+    pub false_positives: u64,
+}
+
+impl Totals {
+    fn add(&mut self, f: &FileStat) {
+        self.files += 1;
+        self.blocks += f.blocks;
+        self.changed += f.changed;
+        self.reported += f.reported;
+        self.false_negatives += f.false_negatives.len() as u64;
+        self.false_positives += f.false_positives;
+    }
+
+    pub fn false_positive_rate(&self) -> f64 {
+        if self.reported == 0 {
+            0.0
+        } else {
+            self.false_positives as f64 / self.reported as f64
+        }
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "files {}, blocks checked {}, changed {}, reported {}, false negatives {}, \
+             false positives {} ({:.1}% of reported)",
+            self.files,
+            self.blocks,
+            self.changed,
+            self.reported,
+            self.false_negatives,
+            self.false_positives,
+            100.0 * self.false_positive_rate()
+        )
+    }
+}
+
+/// Result of one comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub files: Vec<FileStat>,
+    /// Blocks of main/fsm/vm forks of unlogged relations, not checked.
+    pub unlogged_blocks_skipped: u64,
+    /// Bits set in the pagemap past the end of the file in the newer copy.
+    pub reported_beyond_eof: u64,
+    /// Pagemap rows for files the newer copy does not have.
+    pub reported_missing_files: Vec<String>,
+}
+
+impl Report {
+    pub fn totals(&self) -> Totals {
+        self.totals_where(|_| true)
+    }
+
+    pub fn totals_where(&self, pred: impl Fn(&FileStat) -> bool) -> Totals {
+        let mut t = Totals::default();
+        for f in self.files.iter().filter(|f| pred(f)) {
+            t.add(f);
+        }
+        t
+    }
+
+    /// Totals for the files under a directory such as `base/4`.
+    pub fn totals_under(&self, dir: &str) -> Totals {
+        let prefix = format!("{dir}/");
+        self.totals_where(|f| f.path.starts_with(&prefix))
+    }
+
+    /// The false negatives as (path, block, why) for messages, at most `limit`.
+    pub fn false_negatives(&self, limit: usize) -> Vec<String> {
+        self.files
+            .iter()
+            .flat_map(|f| {
+                f.false_negatives
+                    .iter()
+                    .map(move |(b, why)| format!("{} block {b} ({why})", f.path))
+            })
+            .take(limit)
+            .collect()
+    }
+
+    pub fn summary(&self, label: &str) -> String {
+        let main = self.totals_where(|f| f.fork == Fork::Main);
+        format!(
+            "cold-copy check [{label}]: {} | main forks: reported {}, false-positive rate {:.1}% \
+             | unlogged blocks skipped {}, reported past EOF {}, reported files absent {}",
+            self.totals(),
+            main.reported,
+            100.0 * main.false_positive_rate(),
+            self.unlogged_blocks_skipped,
+            self.reported_beyond_eof,
+            self.reported_missing_files.len()
+        )
+    }
+
+    /// Panics listing up to 20 false negatives if there is any.
+    pub fn assert_no_false_negatives(&self, label: &str) {
+        let t = self.totals();
+        assert!(
+            t.false_negatives == 0,
+            "[{label}] {} changed blocks are missing from the pagemapset (first 20):\n  {}\n{}",
+            t.false_negatives,
+            self.false_negatives(20).join("\n  "),
+            self.summary(label)
+        );
+    }
+}
+
+/// Compares every relation file of `newer` with the same path in `older`
+/// against `pagemap` (the pagemapset for the REDO LSN of `older`).
+pub fn compare(older: &Path, newer: &Path, pagemap: &PageMapSet) -> Report {
+    let mut report = Report::default();
+    let mut seen = BTreeSet::new();
+    for dir in relation_dirs(newer) {
+        let mut names: Vec<String> = fs::read_dir(newer.join(&dir))
+            .unwrap_or_else(|e| panic!("readdir {dir}: {e}"))
+            .map(|e| {
+                e.expect("readdir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        let parsed: BTreeMap<&str, RelFileName> = names
+            .iter()
+            .filter_map(|n| parse_relation_file_name(n).map(|p| (n.as_str(), p)))
+            .collect();
+        // Unlogged relations: their main/fsm/vm forks are not backed up and are
+        // reset from the init fork by crash recovery.
+        let unlogged: BTreeSet<u32> = parsed
+            .values()
+            .filter(|p| p.fork == Fork::Init)
+            .map(|p| p.relfilenode)
+            .collect();
+        for (name, rel) in parsed {
+            let path = format!("{dir}/{name}");
+            seen.insert(path.clone());
+            let new_bytes = fs::read(newer.join(&path))
+                .unwrap_or_else(|e| panic!("read {}: {e}", newer.join(&path).display()));
+            let blocks = new_bytes.len().div_ceil(BLCKSZ) as u64;
+            if rel.fork != Fork::Init && unlogged.contains(&rel.relfilenode) {
+                report.unlogged_blocks_skipped += blocks;
+                continue;
+            }
+            let old_bytes = fs::read(older.join(&path)).ok();
+            let map = pagemap.get(&path);
+            let mut stat = FileStat {
+                path: path.clone(),
+                fork: rel.fork,
+                new_file: old_bytes.is_none(),
+                blocks,
+                changed: 0,
+                reported: 0,
+                false_negatives: Vec::new(),
+                false_positives: 0,
+            };
+            let old_bytes = old_bytes.unwrap_or_default();
+            for block in 0..blocks {
+                let start = block as usize * BLCKSZ;
+                let end = (start + BLCKSZ).min(new_bytes.len());
+                let changed = old_bytes.get(start..end) != Some(&new_bytes[start..end]);
+                let reported = map.is_some_and(|m| m.is_set(block));
+                stat.changed += u64::from(changed);
+                stat.reported += u64::from(reported);
+                if changed && !reported {
+                    let zero = new_bytes[start..end].iter().all(|&x| x == 0);
+                    let why = match (stat.new_file, start < old_bytes.len(), zero) {
+                        (true, _, false) => "new file",
+                        (true, _, true) => "new file, all-zero block",
+                        (false, true, _) => "content differs",
+                        (false, false, false) => "past the old end of file",
+                        (false, false, true) => "past the old end of file, all-zero block",
+                    };
+                    stat.false_negatives.push((block, why));
+                }
+                if reported && !changed {
+                    stat.false_positives += 1;
+                }
+            }
+            if let Some(m) = map {
+                report.reported_beyond_eof +=
+                    m.set_blocks().iter().filter(|&&b| b >= blocks).count() as u64;
+            }
+            report.files.push(stat);
+        }
+    }
+    report.reported_missing_files = pagemap
+        .maps
+        .keys()
+        .filter(|p| !seen.contains(*p))
+        .cloned()
+        .collect();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_file_names() {
+        let p = parse_relation_file_name;
+        assert_eq!(
+            p("16384"),
+            Some(RelFileName {
+                relfilenode: 16384,
+                fork: Fork::Main,
+                segno: 0
+            })
+        );
+        assert_eq!(p("16384_vm").map(|r| r.fork), Some(Fork::Vm));
+        assert_eq!(
+            p("16384_fsm.2").map(|r| (r.fork, r.segno)),
+            Some((Fork::Fsm, 2))
+        );
+        assert_eq!(p("16384_init").map(|r| r.fork), Some(Fork::Init));
+        assert_eq!(p("16384.1").map(|r| r.segno), Some(1));
+        for bad in [
+            "t3_16384",
+            "pg_filenode.map",
+            "PG_VERSION",
+            "pg_internal.init",
+            "ptrack.map",
+            "ptrack.map.tmp",
+            "16384_xx",
+            "16384.",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        assert!(is_temp_relation_file_name("t3_16384"));
+        assert!(is_temp_relation_file_name("t12_16384_fsm.1"));
+        assert!(!is_temp_relation_file_name("16384"));
+    }
+}

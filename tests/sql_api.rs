@@ -1,0 +1,317 @@
+//! The SQL interface of the extension: functions, results and privileges.
+
+mod common;
+
+use common::{Cluster, Lsn, PageMapSet, BLCKSZ};
+
+/// Number of blocks of a relation fork, from the server.
+fn nblocks(c: &Cluster, rel: &str, fork: &str) -> u64 {
+    let bytes: u64 = c
+        .query_one(&format!("SELECT pg_relation_size('{rel}', '{fork}')"))
+        .parse()
+        .expect("pg_relation_size is a number");
+    bytes / BLCKSZ as u64
+}
+
+fn filepath(c: &Cluster, rel: &str) -> String {
+    c.query_one(&format!("SELECT pg_relation_filepath('{rel}')"))
+}
+
+/// Asserts that `path` is reported with exactly blocks 0..n (all of them).
+fn assert_all_blocks(set: &PageMapSet, path: &str, n: u64, why: &str) {
+    assert!(n > 0, "{path} has no blocks, test setup is wrong");
+    let map = set
+        .get(path)
+        .unwrap_or_else(|| panic!("{why}: {path} is not reported at all"));
+    assert_eq!(
+        map.set_blocks(),
+        (0..n).collect::<Vec<_>>(),
+        "{why}: {path} must be reported with all of its {n} blocks"
+    );
+}
+
+fn ext_schema(c: &Cluster) -> String {
+    c.query_one(
+        "SELECT extnamespace::regnamespace FROM pg_catalog.pg_extension WHERE extname = 'ptrack'",
+    )
+}
+
+#[test]
+fn functions_report_changed_blocks() {
+    let mut c = Cluster::new("sql_api");
+    // Nothing but this test may write: the assertions are about exact blocks.
+    c.set_conf("autovacuum", "off");
+    c.start();
+    c.psql("CREATE EXTENSION ptrack;");
+
+    // Versions and settings.
+    assert_eq!(c.query_one("SELECT ptrack_version()"), "2.4");
+    let ext = c.query_rows(
+        "SELECT extnamespace::regnamespace, extversion FROM pg_catalog.pg_extension \
+         WHERE extname = 'ptrack'",
+    );
+    assert_eq!(ext.len(), 1, "pg_extension rows for ptrack: {ext:?}");
+    let (major, minor) = ext[0][1]
+        .split_once('.')
+        .unwrap_or_else(|| panic!("extversion {:?} is not MAJOR.MINOR", ext[0][1]));
+    assert_eq!(major, "2", "extversion {:?}", ext[0][1]);
+    minor
+        .parse::<u32>()
+        .unwrap_or_else(|e| panic!("extversion {:?}: {e}", ext[0][1]));
+    assert_eq!(c.query_one("SHOW ptrack.map_size"), "16MB");
+
+    // Two tables written before L; only one block of one of them after.
+    c.psql(
+        "CREATE TABLE untouched (id int, pad text) WITH (autovacuum_enabled = off);
+         INSERT INTO untouched SELECT g, repeat('u', 500) FROM generate_series(1, 200) g;
+         CREATE TABLE t (id int, pad text) WITH (fillfactor = 50, autovacuum_enabled = off);
+         INSERT INTO t SELECT g, repeat('t', 500) FROM generate_series(1, 200) g;
+         VACUUM (FREEZE, ANALYZE) untouched, t;
+         CHECKPOINT;",
+    );
+    let init = c.init_lsn();
+    let current = c.wal_insert_lsn();
+    assert!(init > Lsn(0), "ptrack_init_lsn() is 0/0 after writes");
+    assert!(
+        init <= current,
+        "ptrack_init_lsn() {init} is ahead of the WAL insert position {current}"
+    );
+
+    let t_path = filepath(&c, "t");
+    let untouched_path = filepath(&c, "untouched");
+    let t_blocks = nblocks(&c, "t", "main");
+    let untouched_blocks = nblocks(&c, "untouched", "main");
+    assert!(t_blocks > 8, "t has only {t_blocks} blocks");
+
+    let l = c.wal_insert_lsn();
+    c.psql("UPDATE t SET id = id WHERE ctid = '(3,1)'; CHECKPOINT;");
+    let set = c.pagemapset(l);
+    let t_map = set.get(&t_path).unwrap_or_else(|| {
+        panic!("block 3 of t was updated after {l} but {t_path} is not reported")
+    });
+    assert!(
+        t_map.is_set(3),
+        "block 3 of {t_path} was updated after {l}; reported blocks: {:?}",
+        t_map.set_blocks()
+    );
+    assert!(
+        t_map.pagecount <= 2,
+        "one HOT update after {l} but {t_path} reports blocks {:?}",
+        t_map.set_blocks()
+    );
+    assert!(
+        set.get(&untouched_path).is_none(),
+        "{untouched_path} (table 'untouched') was not written after {l} but is reported: {:?}",
+        set.get(&untouched_path).map(|m| m.set_blocks())
+    );
+    // FSM and VM forks are always reported in full.
+    for (rel, path) in [("t", &t_path), ("untouched", &untouched_path)] {
+        for fork in ["fsm", "vm"] {
+            let n = nblocks(&c, rel, fork);
+            assert_all_blocks(
+                &set,
+                &format!("{path}_{fork}"),
+                n,
+                &format!("{fork} fork of {rel}"),
+            );
+        }
+    }
+
+    // pg_probackup's query, with a bound parameter, plain and schema-qualified.
+    let schema = ext_schema(&c);
+    for func in [
+        "ptrack_get_pagemapset".to_string(),
+        format!("{schema}.ptrack_get_pagemapset"),
+    ] {
+        let out = c.psql(&format!(
+            "SELECT path, pagemap FROM {func}($1) ORDER BY 1 \\bind '{l}' \\g"
+        ));
+        let rows = common::split_rows(&out);
+        let paths: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort_unstable();
+        assert_eq!(paths, sorted, "ORDER BY 1 result is not sorted");
+        let t_row = rows
+            .iter()
+            .find(|r| r[0] == t_path)
+            .unwrap_or_else(|| panic!("{t_path} missing from pg_probackup's query via {func}"));
+        assert!(
+            common::parse_bytea(&t_row[1])
+                .first()
+                .is_some_and(|b| b & (1 << 3) != 0),
+            "bit 3 of {t_path} not set in {:?}",
+            t_row[1]
+        );
+    }
+
+    // Before the init LSN nothing is known: every block is reported.
+    for start in [Lsn(0), Lsn(init.0 - 1)] {
+        let all = c.pagemapset(start);
+        let why = format!("start LSN {start} < init LSN {init}");
+        assert_all_blocks(&all, &untouched_path, untouched_blocks, &why);
+        assert_all_blocks(&all, &t_path, t_blocks, &why);
+        assert!(
+            all.total_pages() > set.total_pages(),
+            "{why}: reports {} pages, no more than for {l} ({})",
+            all.total_pages(),
+            set.total_pages()
+        );
+    }
+
+    // STRICT: NULL in, nothing out.
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM ptrack_get_pagemapset(NULL)"),
+        "0"
+    );
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM ptrack_get_change_stat(NULL) WHERE files IS NOT NULL"),
+        "0"
+    );
+
+    // change_stat agrees with the pagemapset; retry if a background write
+    // (hint bits on catalogs) changed the set between the two calls.
+    let sums = format!("SELECT count(*), sum(pagecount) FROM ptrack_get_pagemapset('{l}')");
+    let stat = format!("SELECT files, pages, \"size, MB\" FROM ptrack_get_change_stat('{l}')");
+    let mut attempts = Vec::new();
+    let agreed = (0..5).any(|_| {
+        let before = c.query_rows(&sums);
+        let st = c.query_rows(&stat);
+        let after = c.query_rows(&sums);
+        let ok = before == after
+            && st.len() == 1
+            && st[0][0] == before[0][0]
+            && st[0][1].parse::<f64>().ok() == before[0][1].parse::<f64>().ok()
+            && st[0][2].parse::<f64>().is_ok_and(|mb| {
+                let pages: f64 = before[0][1].parse().unwrap_or(f64::NAN);
+                (mb - pages * BLCKSZ as f64 / 1048576.0).abs() < 1e-6
+            });
+        attempts.push(format!(
+            "pagemapset {before:?} / change_stat {st:?} / pagemapset {after:?}"
+        ));
+        ok
+    });
+    assert!(
+        agreed,
+        "ptrack_get_change_stat disagrees with the pagemapset:\n{}",
+        attempts.join("\n")
+    );
+}
+
+#[test]
+fn privileges_and_temporary_relations() {
+    let mut c = Cluster::new("sql_priv");
+    c.start();
+    c.psql("CREATE EXTENSION ptrack; CREATE ROLE tester LOGIN;");
+    let schema = ext_schema(&c);
+    let calls = [
+        "SELECT ptrack_version()".to_string(),
+        "SELECT ptrack_init_lsn()".to_string(),
+        "SELECT count(*) FROM ptrack_get_pagemapset('0/0')".to_string(),
+        "SELECT files FROM ptrack_get_change_stat('0/0')".to_string(),
+    ];
+    let qualified = |sql: &str| sql.replace("ptrack_", &format!("{schema}.ptrack_"));
+    for sql in &calls {
+        let err = c
+            .try_psql_as("postgres", "tester", &qualified(sql))
+            .expect_err(&format!("a role without grants could run {sql}"));
+        assert!(err.contains("permission denied"), "{sql} as tester: {err}");
+    }
+    c.psql(&format!(
+        "GRANT USAGE ON SCHEMA {schema} TO tester;
+         GRANT EXECUTE ON FUNCTION {schema}.ptrack_version(), {schema}.ptrack_init_lsn(),
+           {schema}.ptrack_get_pagemapset(pg_lsn), {schema}.ptrack_get_change_stat(pg_lsn)
+           TO tester;"
+    ));
+    let mut outputs = Vec::new();
+    for sql in &calls {
+        let out = c
+            .try_psql_as("postgres", "tester", &qualified(sql))
+            .unwrap_or_else(|e| panic!("after the GRANTs, tester cannot run {sql}: {e}"));
+        outputs.push(out.trim().to_string());
+    }
+    assert_eq!(outputs[0], "2.4");
+    assert!(
+        outputs[1].parse::<Lsn>().is_ok(),
+        "init LSN {:?}",
+        outputs[1]
+    );
+    assert!(
+        outputs[2].parse::<u64>().is_ok_and(|n| n > 100),
+        "pagemapset('0/0') as tester reports {:?} files",
+        outputs[2]
+    );
+
+    // Temporary relations are never reported, even when everything is.
+    let l = c.wal_insert_lsn();
+    let out = c.psql(&format!(
+        "CREATE TEMP TABLE tt AS
+           SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 100000) g;
+         CREATE INDEX tt_id ON tt (id);
+         CHECKPOINT;
+         SELECT pg_relation_filepath('tt');
+         SELECT (pg_stat_file(pg_relation_filepath('tt'))).size;
+         SELECT count(*) FROM ptrack_get_pagemapset('0/0') p
+           WHERE p.path IN (pg_relation_filepath('tt'), pg_relation_filepath('tt_id'))
+              OR p.path ~ '(^|/)t[0-9]+_';
+         SELECT count(*) FROM ptrack_get_pagemapset('{l}') p
+           WHERE p.path IN (pg_relation_filepath('tt'), pg_relation_filepath('tt_id'))
+              OR p.path ~ '(^|/)t[0-9]+_';"
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "unexpected output {out:?}");
+    let file = lines[0].rsplit('/').next().unwrap_or_default();
+    assert!(
+        file.starts_with('t') && file.contains('_'),
+        "temp table file {:?} is not named t<backend>_<node>",
+        lines[0]
+    );
+    assert!(
+        lines[1].parse::<u64>().is_ok_and(|n| n > 0),
+        "temp table file {} is empty on disk ({:?}): the test would prove nothing",
+        lines[0],
+        lines[1]
+    );
+    assert_eq!(
+        lines[2], "0",
+        "temporary relation files reported by pagemapset('0/0')"
+    );
+    assert_eq!(
+        lines[3], "0",
+        "temporary relation files reported by pagemapset('{l}')"
+    );
+}
+
+/// A start LSN beyond the current WAL position cannot come from an earlier
+/// backup of this cluster: a clear ERROR with a hint, never a wrong answer and
+/// never a crash. The server stays usable afterwards.
+#[test]
+fn future_lsn_is_a_clear_error() {
+    let mut c = Cluster::new("sql_future");
+    c.start();
+    c.psql("CREATE EXTENSION ptrack; CREATE TABLE f AS SELECT 1 AS x; CHECKPOINT;");
+    let future = Lsn(c.wal_insert_lsn().0 + (1 << 40));
+    for query in [
+        format!("SELECT path FROM ptrack_get_pagemapset('{future}')"),
+        format!("SELECT * FROM ptrack_get_change_stat('{future}')"),
+    ] {
+        let error = c
+            .try_psql(&query)
+            .expect_err("a start LSN in the future must be rejected");
+        assert!(
+            error.contains("is in the future"),
+            "unexpected error for {query}: {error}"
+        );
+        assert!(
+            error.contains("HINT"),
+            "the error should carry a hint: {error}"
+        );
+    }
+    let now = c.wal_insert_lsn();
+    let rows = c.psql(&format!(
+        "SELECT count(*) FROM ptrack_get_pagemapset('{now}')"
+    ));
+    assert!(
+        rows.trim().parse::<u64>().is_ok(),
+        "the current LSN is accepted: {rows}"
+    );
+}
