@@ -45,13 +45,29 @@ MAJOR=${1:-17}
 # postgresql-MAJOR_PG_VERSION.orig.tar.* (identical to the upstream tarball).
 # To add a major: add a case here and a patches/postgresql-MAJOR.patch.
 case "$MAJOR" in
+	15)
+		# bookworm itself (final point release, frozen), not bookworm-security:
+		# the security suite moves with every minor release and its newer
+		# sources (15.20 when this was written) were not downloadable from the
+		# mirror, while its index still listed them.
+		PG_VERSION=15.18
+		PG_ORIG_SHA256=11df0df97fe3ea4ba9a791faaf39cee1d2fe571e78885b5b55d8517d27c323b4
+		DEBIAN_SUITE=bookworm
+		;;
 	17)
 		PG_VERSION=17.11
 		PG_ORIG_SHA256=dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979
 		DEBIAN_SUITE=trixie
 		;;
+	18)
+		# sid's InRelease is signed by the 12/bookworm and 13/trixie archive
+		# keys, so the machine's Debian 12 keyring verifies it too.
+		PG_VERSION=18.6
+		PG_ORIG_SHA256=555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f
+		DEBIAN_SUITE=sid
+		;;
 	*)
-		die "unsupported PostgreSQL major version '$MAJOR' (supported: 17)"
+		die "unsupported PostgreSQL major version '$MAJOR' (supported: 15, 17, 18)"
 		;;
 esac
 

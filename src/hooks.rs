@@ -160,6 +160,7 @@ fn flush_map() {
         slot_count: map.slot_count() as u64,
         init_lsn: map.init_lsn(),
         checkpoint_redo: redo,
+        data_checksum_version: shmem::data_checksum_version(),
     };
     let global = server::data_dir().join("global");
     match mapfile::persist(&global, &meta, map.slots()) {

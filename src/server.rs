@@ -93,6 +93,7 @@ pub fn data_dir() -> PathBuf {
 pub struct ControlFacts {
     pub system_identifier: u64,
     pub latest_checkpoint_redo: Lsn,
+    pub data_checksum_version: u32,
 }
 
 /// Reads `global/pg_control`. The postmaster has already verified its CRC by
@@ -112,6 +113,7 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
     Ok(ControlFacts {
         system_identifier: control.system_identifier,
         latest_checkpoint_redo: Lsn(control.checkPointCopy.redo),
+        data_checksum_version: control.data_checksum_version,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The map in shared memory: sizing, creation, loading from disk, and the one
 //! pointer every process reaches it through.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -17,6 +17,8 @@ static REGION: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static SLOT_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// The cluster's system identifier, written into every map file.
 static SYSTEM_IDENTIFIER: AtomicU64 = AtomicU64::new(0);
+/// `pg_control`'s data checksum version at start; only offline tools change it.
+static DATA_CHECKSUM_VERSION: AtomicU32 = AtomicU32::new(0);
 
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -41,6 +43,10 @@ pub fn shared_map() -> Option<LsnMap<'static>> {
 
 pub fn system_identifier() -> u64 {
     SYSTEM_IDENTIFIER.load(Ordering::Acquire)
+}
+
+pub fn data_checksum_version() -> u32 {
+    DATA_CHECKSUM_VERSION.load(Ordering::Acquire)
 }
 
 /// Installs the shared-memory hooks for a map of `slot_count` slots. Called
@@ -118,11 +124,14 @@ fn load_map_from_disk() {
             return;
         }
     };
-    SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
+        SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
+    DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
     let expect = Expectation {
         system_identifier: control.system_identifier,
         slot_count: map.slot_count() as u64,
         latest_checkpoint_redo: control.latest_checkpoint_redo,
+        data_checksum_version: control.data_checksum_version,
+        backup_label_present: server::data_dir().join("backup_label").exists(),
     };
     let path = global.join(mapfile::MAP_FILE_NAME);
     match mapfile::open_verified(&path, &expect) {

@@ -11,7 +11,8 @@
 //! | 24 | 8 | slot count |
 //! | 32 | 8 | init LSN |
 //! | 40 | 8 | REDO LSN of the checkpoint whose end wrote the file |
-//! | 48 | 16 | zero |
+//! | 48 | 4 | data checksum version in `pg_control` when written |
+//! | 52 | 12 | zero |
 //! | 64 | 8 × slot count | slots |
 //! | end − 8 | 4 | CRC-32 of every byte before it |
 //! | end − 4 | 4 | zero |
@@ -46,6 +47,9 @@ pub struct MapFileMeta {
     pub slot_count: u64,
     pub init_lsn: Lsn,
     pub checkpoint_redo: Lsn,
+    /// `pg_control`'s data checksum version: `pg_checksums --enable/--disable`
+    /// rewrite every page offline, without a checkpoint and without ptrack.
+    pub data_checksum_version: u32,
 }
 
 /// What the running server expects of a file before it trusts it.
@@ -57,6 +61,11 @@ pub struct Expectation {
     /// older checkpoint missed the writes of every checkpoint after it (ptrack
     /// was not loaded, or its flush failed).
     pub latest_checkpoint_redo: Lsn,
+    pub data_checksum_version: u32,
+    /// A `backup_label` in the data directory: it was restored from a
+    /// file-system backup or rewound by `pg_rewind`, and either may have
+    /// replaced blocks behind ptrack's back.
+    pub backup_label_present: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +88,10 @@ pub enum MapFileError {
     WrongSlotCount { found: u64, expected: u64 },
     #[error("CRC mismatch: stored {stored:08X}, computed {computed:08X}")]
     ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("data checksums were turned {} since it was written (pg_checksums rewrote every page)", if *control != 0 { "on" } else { "off" })]
+    ChecksumsChanged { map: u32, control: u32 },
+    #[error("the data directory was restored from a backup or rewound (backup_label is present): blocks may have been replaced untracked")]
+    RestoredOrRewound,
     #[error("reserved header bytes or trailer padding are not zero")]
     NonZeroPadding,
     #[error(
@@ -101,6 +114,7 @@ fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
     header[24..32].copy_from_slice(&meta.slot_count.to_le_bytes());
     header[32..40].copy_from_slice(&meta.init_lsn.0.to_le_bytes());
     header[40..48].copy_from_slice(&meta.checkpoint_redo.0.to_le_bytes());
+    header[48..52].copy_from_slice(&meta.data_checksum_version.to_le_bytes());
     header
 }
 
@@ -259,7 +273,7 @@ pub fn verify<B: AsRef<[u8]>>(
     if header_len as usize != HEADER_LEN {
         return Err(MapFileError::BadHeaderLength { found: header_len });
     }
-    if data[48..HEADER_LEN]
+    if data[52..HEADER_LEN]
         .iter()
         .chain(&data[crc_at + 4..])
         .any(|&b| b != 0)
@@ -271,6 +285,7 @@ pub fn verify<B: AsRef<[u8]>>(
         slot_count: u64_at(data, 24),
         init_lsn: Lsn(u64_at(data, 32)),
         checkpoint_redo: Lsn(u64_at(data, 40)),
+        data_checksum_version: u32_at(data, 48),
     };
     if meta.system_identifier != expect.system_identifier {
         return Err(MapFileError::ForeignCluster {
@@ -292,6 +307,15 @@ pub fn verify<B: AsRef<[u8]>>(
             map_redo: meta.checkpoint_redo,
             control_redo: expect.latest_checkpoint_redo,
         });
+    }
+    if meta.data_checksum_version != expect.data_checksum_version {
+        return Err(MapFileError::ChecksumsChanged {
+            map: meta.data_checksum_version,
+            control: expect.data_checksum_version,
+        });
+    }
+    if expect.backup_label_present {
+        return Err(MapFileError::RestoredOrRewound);
     }
     Ok(VerifiedMapFile { bytes, meta })
 }
@@ -337,6 +361,7 @@ mod tests {
             slot_count,
             init_lsn: Lsn(0x100),
             checkpoint_redo: Lsn(0x5000),
+            data_checksum_version: 1,
         }
     }
 
@@ -345,6 +370,8 @@ mod tests {
             system_identifier: SYSID,
             slot_count,
             latest_checkpoint_redo: Lsn(0x5000),
+            data_checksum_version: 1,
+            backup_label_present: false,
         }
     }
 
@@ -437,9 +464,20 @@ mod tests {
         check(resealed(24, &5u64.to_le_bytes()), "slot count", |e| {
             matches!(e, MapFileError::WrongSlotCount { .. })
         });
-        check(resealed(50, &[1]), "reserved", |e| {
+        check(resealed(53, &[1]), "reserved", |e| {
             matches!(e, MapFileError::NonZeroPadding)
         });
+        check(resealed(48, &0u32.to_le_bytes()), "checksums", |e| {
+            matches!(e, MapFileError::ChecksumsChanged { .. })
+        });
+        let restored = Expectation {
+            backup_label_present: true,
+            ..e
+        };
+        assert!(matches!(
+            verify(&good, &restored),
+            Err(MapFileError::RestoredOrRewound)
+        ));
         check(resealed(40, &0x4fffu64.to_le_bytes()), "stale", |e| {
             matches!(e, MapFileError::Stale { .. })
         });
