@@ -163,7 +163,21 @@ fn flush_map() {
         data_checksum_version: shmem::data_checksum_version(),
     };
     let global = server::data_dir().join("global");
-    match mapfile::persist(&global, &meta, map.slots()) {
+    let pause = std::time::Duration::from_millis(crate::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
+    let fail_after = crate::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
+    let mut inject_faults = |chunks_written: usize| {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        match fail_after {
+            0 => Ok(()),
+            n if chunks_written >= n => Err(std::io::Error::other(format!(
+                "injected by ptrack.debug_flush_fail_after_chunks = {n}"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    match mapfile::persist_with(&global, &meta, map.slots(), &mut inject_faults) {
         Ok(()) => map.set_flushed_redo(redo),
         Err(error) => warning!(
             "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \

@@ -27,6 +27,15 @@ const DEFAULT_MAP_SIZE_MB: i32 = 64;
 /// ptrack 2.4's upper bound: 32 GB of map tracks about 32 TB of data well.
 const MAX_MAP_SIZE_MB: i32 = 32 * 1024;
 
+/// Developer settings for fault-injection tests, hidden from `SHOW ALL` and the
+/// sample file like PostgreSQL's own developer options; inert at 0.
+/// `ptrack.debug_flush_pause_ms`: sleep this long after every chunk of a map
+/// flush, so a test can stop the server in the middle of one.
+pub static DEBUG_FLUSH_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// `ptrack.debug_flush_fail_after_chunks`: fail every flush with an I/O error
+/// after this many chunks, as a full disk would.
+pub static DEBUG_FLUSH_FAIL_AFTER_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Raises an ERROR with a hint; never returns.
 #[track_caller]
 pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
@@ -55,6 +64,27 @@ pub extern "C-unwind" fn _PG_init() {
         MAX_MAP_SIZE_MB,
         GucContext::Postmaster,
         GucFlags::UNIT_MB,
+    );
+    let developer = GucFlags::NO_SHOW_ALL; // pgrx folds GUC_NOT_IN_SAMPLE into it
+    GucRegistry::define_int_guc(
+        c"ptrack.debug_flush_pause_ms",
+        c"Developer option: pause after every chunk of a map flush (fault-injection tests).",
+        c"",
+        &DEBUG_FLUSH_PAUSE_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        developer | GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"ptrack.debug_flush_fail_after_chunks",
+        c"Developer option: fail map flushes after this many chunks (fault-injection tests).",
+        c"",
+        &DEBUG_FLUSH_FAIL_AFTER_CHUNKS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        developer,
     );
     let map_size_mb = MAP_SIZE_MB.get();
     if map_size_mb == 0 {

@@ -124,7 +124,7 @@ fn load_map_from_disk() {
             return;
         }
     };
-        SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
+    SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
     DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
     let expect = Expectation {
         system_identifier: control.system_identifier,

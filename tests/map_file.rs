@@ -50,7 +50,11 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
     assert_eq!(u32_at(&b, 12), HEADER_LEN as u32, "header length");
     assert_eq!(u64_at(&b, 16), c.system_identifier(), "system identifier");
     assert_eq!(u64_at(&b, 24), slot_count(map_mb), "slot count");
-        assert_eq!(u32_at(&b, 48), 1, "data checksum version (the cluster has checksums)");
+    assert_eq!(
+        u32_at(&b, 48),
+        1,
+        "data checksum version (the cluster has checksums)"
+    );
     assert!(
         b[52..64].iter().all(|&x| x == 0),
         "header bytes 52..64 are not zero"

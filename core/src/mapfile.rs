@@ -133,21 +133,31 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 /// which is all a flush needs to promise (see the extension's flush hook).
 /// `slot_count` in `meta` must equal `slots.len()`.
 pub fn write_map(out: &mut impl Write, meta: &MapFileMeta, slots: &[AtomicU64]) -> io::Result<()> {
+    write_map_with(out, meta, slots, &mut |_| Ok(()))
+}
+
+/// [`write_map`], calling `after_chunk(chunks_written)` after every chunk: the
+/// place where a test build pauses or fails a flush half-way.
+pub fn write_map_with(
+    out: &mut impl Write,
+    meta: &MapFileMeta,
+    slots: &[AtomicU64],
+    after_chunk: &mut dyn FnMut(usize) -> io::Result<()>,
+) -> io::Result<()> {
     debug_assert_eq!(meta.slot_count, slots.len() as u64);
     let mut crc = crc32fast::Hasher::new();
     let header = encode_header(meta);
     crc.update(&header);
     out.write_all(&header)?;
-    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
-    for slots in slots.chunks(CHUNK_BYTES / 8) {
-        chunk.clear();
-        chunk.extend(
-            slots
-                .iter()
-                .flat_map(|slot| slot.load(Ordering::Relaxed).to_le_bytes()),
-        );
-        crc.update(&chunk);
-        out.write_all(&chunk)?;
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    for (written, slots) in slots.chunks(CHUNK_BYTES / 8).enumerate() {
+        let bytes = &mut chunk[..slots.len() * 8];
+        for (out, slot) in bytes.chunks_exact_mut(8).zip(slots) {
+            out.copy_from_slice(&slot.load(Ordering::Relaxed).to_le_bytes());
+        }
+        crc.update(bytes);
+        out.write_all(bytes)?;
+        after_chunk(written + 1)?;
     }
     let mut trailer = [0u8; TRAILER_LEN];
     trailer[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
@@ -161,8 +171,18 @@ pub fn write_map(out: &mut impl Write, meta: &MapFileMeta, slots: &[AtomicU64]) 
 /// where possible; an old map is then refused at the next start by its stale
 /// checkpoint REDO, so a failed flush can never be trusted later.
 pub fn persist(dir: &Path, meta: &MapFileMeta, slots: &[AtomicU64]) -> io::Result<()> {
+    persist_with(dir, meta, slots, &mut |_| Ok(()))
+}
+
+/// [`persist`] with [`write_map_with`]'s chunk callback.
+pub fn persist_with(
+    dir: &Path,
+    meta: &MapFileMeta,
+    slots: &[AtomicU64],
+    after_chunk: &mut dyn FnMut(usize) -> io::Result<()>,
+) -> io::Result<()> {
     let temp = dir.join(TEMP_FILE_NAME);
-    let result = write_temp_and_rename(dir, &temp, meta, slots);
+    let result = write_temp_and_rename(dir, &temp, meta, slots, after_chunk);
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
@@ -174,6 +194,7 @@ fn write_temp_and_rename(
     temp: &Path,
     meta: &MapFileMeta,
     slots: &[AtomicU64],
+    after_chunk: &mut dyn FnMut(usize) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -181,7 +202,7 @@ fn write_temp_and_rename(
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options.open(temp)?;
     let mut writer = io::BufWriter::with_capacity(CHUNK_BYTES, file);
-    write_map(&mut writer, meta, slots)?;
+    write_map_with(&mut writer, meta, slots, after_chunk)?;
     let file = writer
         .into_inner()
         .map_err(io::IntoInnerError::into_error)?;
@@ -535,6 +556,20 @@ mod tests {
         // A directory where the temporary file should go makes the open fail.
         fs::create_dir(dir.join(TEMP_FILE_NAME)).unwrap();
         assert!(persist(&dir, &meta(2), &slots(&[3, 4])).is_err());
+        fs::remove_dir(dir.join(TEMP_FILE_NAME)).unwrap();
+        // A failure half-way through the chunks (an injected fault, a full disk).
+        let many: Vec<u64> = (0..100_000).collect();
+        let mut fail_after_first = |written: usize| match written {
+            1 => Err(io::Error::other("injected")),
+            _ => Ok(()),
+        };
+        let error =
+            persist_with(&dir, &meta(100_000), &slots(&many), &mut fail_after_first).unwrap_err();
+        assert_eq!(error.to_string(), "injected");
+        assert!(
+            !dir.join(TEMP_FILE_NAME).exists(),
+            "the partial file is removed"
+        );
         let verified = open_verified(&dir.join(MAP_FILE_NAME), &expect(2)).unwrap();
         assert_eq!(verified.slots().collect::<Vec<_>>(), vec![1, 2]);
         fs::remove_dir_all(&dir).unwrap();
