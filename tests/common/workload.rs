@@ -40,9 +40,41 @@ pub fn setup(c: &Cluster) -> Workload {
          CREATE TABLE ts_resident (id int, v text) TABLESPACE ts1;
          INSERT INTO ts_resident SELECT g, md5(g::text) FROM generate_series(1, 10000) g;
          CREATE INDEX ts_resident_id ON ts_resident (id) TABLESPACE ts1;
-         CREATE UNLOGGED TABLE ul_old (id int PRIMARY KEY, v text);
+                  CREATE UNLOGGED TABLE ul_old (id int PRIMARY KEY, v text);
          INSERT INTO ul_old SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
          CREATE DATABASE d_move;",
+    );
+    // Objects whose existing files the workload changes in place after snapshot
+    // A: an index of every access method, a TOAST table, a sequence, and a
+    // partitioned table with partitions in two tablespaces.
+    let tablespace2_dir = c.create_tablespace_dir("ts2");
+    c.psql(&format!(
+        "CREATE TABLESPACE ts2 LOCATION '{}';",
+        tablespace2_dir.display()
+    ));
+    c.psql(
+        "CREATE TABLE am_t (id int, v text, arr int[], pt point, doc tsvector, r int4range);
+         INSERT INTO am_t
+           SELECT g, md5(g::text), ARRAY[g % 50, g % 9], point(g % 300, g / 300),
+                  to_tsvector('simple', md5(g::text)), int4range(g, g + g % 20)
+           FROM generate_series(1, 15000) g;
+         CREATE INDEX am_t_btree ON am_t (v);
+         CREATE INDEX am_t_hash ON am_t USING hash (id);
+         CREATE INDEX am_t_gin ON am_t USING gin (arr);
+         CREATE INDEX am_t_gist ON am_t USING gist (r);
+         CREATE INDEX am_t_spgist ON am_t USING spgist (pt);
+         CREATE INDEX am_t_brin ON am_t USING brin (id) WITH (pages_per_range = 4);
+         CREATE TABLE toast_t (id int PRIMARY KEY, big text);
+         ALTER TABLE toast_t ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO toast_t SELECT g, repeat(md5(g::text), 200) FROM generate_series(1, 400) g;
+         CREATE SEQUENCE seq_t;
+         SELECT nextval('seq_t') FROM generate_series(1, 100);
+         CREATE TABLE part_t (id int, v text) PARTITION BY RANGE (id);
+         CREATE TABLE part_t_1 PARTITION OF part_t FOR VALUES FROM (0) TO (10000);
+         CREATE TABLE part_t_2 PARTITION OF part_t FOR VALUES FROM (10000) TO (20000) TABLESPACE ts1;
+         CREATE TABLE part_t_3 PARTITION OF part_t FOR VALUES FROM (20000) TO (30000) TABLESPACE ts2;
+         INSERT INTO part_t SELECT g, md5(g::text) FROM generate_series(0, 29999) g;
+         CREATE INDEX part_t_id ON part_t (id);",
     );
     c.psql_db(
         "d_move",
@@ -99,8 +131,26 @@ pub fn part2(c: &Cluster) {
          INSERT INTO ul_new SELECT g, md5(g::text) FROM generate_series(1, 10000) g;
          CREATE INDEX ul_new_v ON ul_new (v);
          UPDATE ul_old SET v = 'changed' WHERE id % 3 = 0;
-         UPDATE setup_t SET v = v || 'u', arr = arr || 1 WHERE id % 5 = 0;
+                  UPDATE setup_t SET v = v || 'u', arr = arr || 1 WHERE id % 5 = 0;
          DELETE FROM setup_t WHERE id % 11 = 0;",
+    );
+    c.psql(
+        "INSERT INTO am_t
+           SELECT g, md5(g::text), ARRAY[g % 50, 77], point(g % 300, g / 300),
+                  to_tsvector('simple', md5(g::text)), int4range(g, g + 5)
+           FROM generate_series(15001, 17000) g;
+         UPDATE am_t SET v = v || 'x', arr = arr || 5, pt = point(pt[0] + 1, pt[1]),
+                         r = int4range(id, id + 30)
+           WHERE id % 13 = 0;
+         DELETE FROM am_t WHERE id % 17 = 0;
+         UPDATE toast_t SET big = repeat(md5((id * 7)::text), 250) WHERE id % 4 = 0;
+         INSERT INTO toast_t SELECT g, repeat(md5(g::text), 300) FROM generate_series(401, 500) g;
+         SELECT nextval('seq_t') FROM generate_series(1, 1000);
+         ALTER SEQUENCE seq_t RESTART WITH 5;
+         UPDATE part_t SET v = 'changed' WHERE id % 97 = 0;
+         INSERT INTO part_t SELECT g, md5(g::text) FROM generate_series(25000, 26000) g;
+         ALTER TABLE part_t_1 SET TABLESPACE ts2;
+         VACUUM am_t;",
     );
     c.pgbench(BENCH_DB, &["-c", "2", "-j", "2", "-T", "7"]);
     c.psql("VACUUM; ANALYZE;");
