@@ -8,7 +8,11 @@ use pgrx::pg_sys;
 use ptrack_core::walk::Layout;
 use ptrack_core::Lsn;
 
-/// `RelFileLocatorBackend` (PostgreSQL 16+), passed by value to the md hooks.
+/// The relation name the md hooks receive by value: `RelFileNodeBackend` up to
+/// PostgreSQL 15, `RelFileLocatorBackend` from 16 on.
+#[cfg(feature = "pg15")]
+pub type RelFileBackend = pg_sys::RelFileNodeBackend;
+#[cfg(not(feature = "pg15"))]
 pub type RelFileBackend = pg_sys::RelFileLocatorBackend;
 
 /// The md hooks' signature in the ptrack core patch.
@@ -22,6 +26,17 @@ pub type SyncHook = unsafe extern "C" fn();
 
 /// What a block hook needs of a `RelFileBackend`: `None` for temporary relations,
 /// which are never backed up.
+#[cfg(feature = "pg15")]
+#[inline(always)]
+pub fn permanent_relation(rnode: &RelFileBackend) -> Option<(u32, u32, u32)> {
+    if rnode.backend != pg_sys::InvalidBackendId {
+        return None;
+    }
+    let n = &rnode.node;
+    Some((n.spcNode.to_u32(), n.dbNode.to_u32(), n.relNode.to_u32()))
+}
+
+#[cfg(not(feature = "pg15"))]
 #[inline(always)]
 pub fn permanent_relation(rlocator: &RelFileBackend) -> Option<(u32, u32, u32)> {
     if rlocator.backend != pg_sys::INVALID_PROC_NUMBER {
