@@ -18,7 +18,9 @@
 #
 # Environment:
 #   PTRACK_CACHE_DIR   cache root (default: $HOME/.cache/ptrack)
-#   PTRACK_PG_FLAVOR   "test" (default; --enable-cassert) or "bench" (no cassert)
+#   PTRACK_PG_FLAVOR   "test" (default; --enable-cassert), "bench" (no cassert) or
+#                      "segsize" (test + 64-block = 512 kB relation segments, so
+#                      CI-sized relations span many segment files)
 #   PTRACK_PG_VERSION  build this upstream version instead of the pinned one
 #                      (it must be the version the Debian suite currently has)
 #   PTRACK_PG_JOBS     make parallelism (default: 2)
@@ -92,7 +94,8 @@ FLAVOR=${PTRACK_PG_FLAVOR:-test}
 case "$FLAVOR" in
 	test)  CONFIGURE_FLAGS=(--enable-cassert --enable-debug --without-icu "CFLAGS=-O2 -g") ;;
 	bench) CONFIGURE_FLAGS=(--enable-debug --without-icu "CFLAGS=-O2 -g") ;;
-	*) die "unknown PTRACK_PG_FLAVOR '$FLAVOR' (expected: test, bench)" ;;
+	segsize) CONFIGURE_FLAGS=(--enable-cassert --enable-debug --without-icu --with-segsize-blocks=64 "CFLAGS=-O2 -g") ;;
+	*) die "unknown PTRACK_PG_FLAVOR '$FLAVOR' (expected: test, bench, segsize)" ;;
 esac
 
 CACHE_DIR=${PTRACK_CACHE_DIR:-$HOME/.cache/ptrack}

@@ -3,34 +3,46 @@
 #
 #   scripts/test.sh
 #
-# For each PostgreSQL major in PTRACK_TEST_MAJORS (default: all supported) it
-# sets everything up (scripts/setup.sh: packages, the patched server built once
-# and cached, the extension built and installed into it) and runs the cluster
-# tests against it as the postgres user; the full suite on 17, the lean one
-# (API, map files, cold-copy checks) on the others. The pure core's unit and
-# property tests run once. PTRACK_TEST_FILTER is passed to cargo test as a
-# test-name filter.
+# For each PostgreSQL major in PTRACK_TEST_MAJORS (default: 17 15 18) it sets
+# everything up (scripts/setup.sh: packages, the patched server built once and
+# cached, the extension built and installed into it) and runs the cluster tests
+# against it as the postgres user: the full suite on 17, the lean suite (SQL
+# API, map files, cold-copy checks) on the others. Then the cold-copy checks
+# again on a 17 built with 512 kB relation segments, so relations span many
+# segment files. The pure core's unit and property tests run first.
+#
+# PTRACK_TEST_MAJORS="17" limits the majors; PTRACK_TEST_SEGSIZE=0 skips the
+# small-segment run; PTRACK_TEST_FILTER is a cargo test name filter.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-majors=${PTRACK_TEST_MAJORS:-17}
+majors=${PTRACK_TEST_MAJORS:-17 15 18}
 full_suite_major=17
 lean_suite=(--test sql_api --test map_file --test cold_copy)
 filter=(${PTRACK_TEST_FILTER:+"$PTRACK_TEST_FILTER"})
 
 cargo test --release -p ptrack-core
 
-for major in $majors; do
-	echo "=== PostgreSQL $major (hook mode)"
-	prefix=$(PTRACK_PG_MAJOR=$major "$repo/scripts/setup.sh" | tail -n1)
-	export PTRACK_PG_PREFIX=$prefix
-	export PGRX_PG_CONFIG_PATH=$prefix/bin/pg_config
-	export CARGO_TARGET_DIR=$repo/target/$(basename "$prefix")
-	if [ "$major" = "$full_suite_major" ]; then
-		suite=(--tests)
-	else
-		suite=("${lean_suite[@]}")
-	fi
-	cargo test --release -p ptrack --no-default-features --features "pg$major" "${suite[@]}" \
+# run_suite MAJOR FLAVOR CARGO-TEST-TARGETS...
+run_suite() {
+	local major=$1 flavor=$2 prefix
+	shift 2
+	echo "=== PostgreSQL $major ($flavor build, hook mode)"
+	prefix=$(PTRACK_PG_MAJOR=$major PTRACK_PG_FLAVOR=$flavor "$repo/scripts/setup.sh" | tail -n1)
+	PTRACK_PG_PREFIX=$prefix \
+		PGRX_PG_CONFIG_PATH=$prefix/bin/pg_config \
+		CARGO_TARGET_DIR=$repo/target/$(basename "$prefix") \
+		cargo test --release -p ptrack --no-default-features --features "pg$major" "$@" \
 		-- --test-threads=2 "${filter[@]}"
+}
+
+for major in $majors; do
+	if [ "$major" = "$full_suite_major" ]; then
+		run_suite "$major" test --tests
+	else
+		run_suite "$major" test "${lean_suite[@]}"
+	fi
 done
+if [ "${PTRACK_TEST_SEGSIZE:-1}" = 1 ]; then
+	run_suite 17 segsize --test cold_copy --test sql_api
+fi
