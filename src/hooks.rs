@@ -178,7 +178,7 @@ fn flush_map() {
         }
     };
     match mapfile::persist_with(&global, &meta, map.slots(), &mut inject_faults) {
-        Ok(()) => map.set_flushed_redo(redo),
+        Ok(()) => shmem::flushed_at(&map, redo),
         Err(error) => warning!(
             "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
              discarded at the next start unless a later checkpoint writes it",

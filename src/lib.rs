@@ -88,6 +88,9 @@ pub extern "C-unwind" fn _PG_init() {
     );
     let map_size_mb = MAP_SIZE_MB.get();
     if map_size_mb == 0 {
+        if let Ok(live) = shmem::live_file_path() {
+            let _ = std::fs::remove_file(live);
+        }
         match mapfile::remove_map_files(&server::data_dir().join("global")) {
             Ok(removed) if !removed.is_empty() => {
                 log!("ptrack: ptrack.map_size = 0: tracking is off, removed {removed:?}")

@@ -109,6 +109,8 @@ pub struct ControlFacts {
     pub system_identifier: u64,
     pub latest_checkpoint_redo: Lsn,
     pub data_checksum_version: u32,
+    /// The last shutdown was clean: every page and the map were written.
+    pub cleanly_shut_down: bool,
 }
 
 /// Reads `global/pg_control`. The postmaster has already verified its CRC by
@@ -129,6 +131,10 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
         system_identifier: control.system_identifier,
         latest_checkpoint_redo: Lsn(control.checkPointCopy.redo),
         data_checksum_version: control.data_checksum_version,
+        cleanly_shut_down: matches!(
+            control.state,
+            pg_sys::DBState::DB_SHUTDOWNED | pg_sys::DBState::DB_SHUTDOWNED_IN_RECOVERY
+        ),
     })
 }
 

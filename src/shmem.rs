@@ -1,20 +1,36 @@
-//! The map in shared memory: sizing, creation, loading from disk, and the one
+//! The shared map: where it lives, how it is filled at start, and the one
 //! pointer every process reaches it through.
+//!
+//! It lives in a file on tmpfs, `/dev/shm/ptrack.<system id>.<dev>.<inode of
+//! PGDATA>.map`, mapped shared by the postmaster and inherited by every child
+//! (see `ptrack_core::live`): its marks survive a crash of the server's
+//! processes. Where that file cannot be set up (no tmpfs, too little room) the
+//! map lives in PostgreSQL's shared memory instead and marks made since the
+//! last checkpoint rely on redo after a crash.
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use ptrack_core::mapfile::{self, Expectation, MapFileError};
-use ptrack_core::LsnMap;
+use ptrack_core::live::{self, LiveHeader, LiveIdentity};
+use ptrack_core::mapfile::{self, Expectation, MapFileError, VerifiedMapFile};
+use ptrack_core::{Lsn, LsnMap};
 
 use crate::server;
 
-/// Start of the shared region, or null while there is none (tracking off, or
-/// before shared memory exists). Set by the postmaster at every shared memory
-/// (re)initialization and inherited by every forked child.
+/// Start of the map region, or null while there is none (tracking off, or
+/// before shared memory exists). Set in the postmaster and inherited by every
+/// forked child.
 static REGION: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static SLOT_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The live file's header, or null when the map is in PostgreSQL's shared memory.
+static LIVE_HEADER: AtomicPtr<LiveHeader> = AtomicPtr::new(std::ptr::null_mut());
+static LIVE_PATH: OnceLock<PathBuf> = OnceLock::new();
 /// The cluster's system identifier, written into every map file.
 static SYSTEM_IDENTIFIER: AtomicU64 = AtomicU64::new(0);
 /// `pg_control`'s data checksum version at start; only offline tools change it.
@@ -26,19 +42,31 @@ static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 const REGION_NAME: &std::ffi::CStr = c"ptrack map";
 /// `LsnMap` wants its region aligned to 64 bytes; request that much slack.
 const ALIGNMENT_SLACK: usize = 64;
+const LIVE_HEADER_BYTES: usize = std::mem::size_of::<LiveHeader>();
 
 pub fn slot_count_for(map_size_mb: i32) -> usize {
     (map_size_mb.max(0) as usize) * 1024 * 1024 / 8
+}
+
+fn slot_count() -> usize {
+    SLOT_COUNT.load(Ordering::Acquire)
 }
 
 /// The shared map, if tracking is on and shared memory is set up.
 #[inline(always)]
 pub fn shared_map() -> Option<LsnMap<'static>> {
     let region = REGION.load(Ordering::Acquire);
-    // SAFETY: a non-null REGION was set in `on_shmem_startup` to a region of
-    // `LsnMap::region_size(SLOT_COUNT)` aligned bytes in shared memory, which
-    // stays mapped for the life of every process that can see the pointer.
-    unsafe { LsnMap::from_region(region, SLOT_COUNT.load(Ordering::Acquire)) }
+    // SAFETY: a non-null REGION was set at shmem startup to a region of
+    // `LsnMap::region_size(SLOT_COUNT)` bytes, aligned to 64, in memory shared by
+    // all server processes that stays mapped for the life of each of them.
+    unsafe { LsnMap::from_region(region, slot_count()) }
+}
+
+fn live_header() -> Option<&'static LiveHeader> {
+    // SAFETY: non-null only once `attach_live_file` mapped the file, which is
+    // never unmapped; the header is only accessed through `LiveHeader`'s atomics
+    // after start-up.
+    unsafe { LIVE_HEADER.load(Ordering::Acquire).as_ref() }
 }
 
 pub fn system_identifier() -> u64 {
@@ -47,6 +75,23 @@ pub fn system_identifier() -> u64 {
 
 pub fn data_checksum_version() -> u32 {
     DATA_CHECKSUM_VERSION.load(Ordering::Acquire)
+}
+
+/// A map flush at `redo` succeeded: the live map now continues that file.
+pub fn flushed_at(map: &LsnMap<'_>, redo: Lsn) {
+    map.set_flushed_redo(redo);
+    if let Some(header) = live_header() {
+        header.set_base_redo(redo);
+    }
+}
+
+/// Where the map lives, for `ptrack_status`-style reporting in logs.
+pub fn backing() -> &'static str {
+    if live_header().is_some() {
+        "a tmpfs file that survives process crashes"
+    } else {
+        "PostgreSQL shared memory"
+    }
 }
 
 /// Installs the shared-memory hooks for a map of `slot_count` slots. Called
@@ -64,7 +109,7 @@ pub fn install(slot_count: usize) {
 }
 
 fn region_bytes() -> usize {
-    LsnMap::region_size(SLOT_COUNT.load(Ordering::Acquire)) + ALIGNMENT_SLACK
+    LsnMap::region_size(slot_count()) + ALIGNMENT_SLACK
 }
 
 #[pg_guard]
@@ -75,19 +120,108 @@ unsafe extern "C-unwind" fn on_shmem_request() {
         if let Some(previous) = PREV_SHMEM_REQUEST_HOOK {
             previous();
         }
-        pg_sys::RequestAddinShmemSpace(region_bytes());
+    }
+    if let Err(error) = attach_live_file() {
+        log!(
+            "ptrack: keeping the map in shared memory ({error}); after a crash, marks since the \
+             last checkpoint come back through redo for WAL-logged changes only"
+        );
+        // SAFETY: as above.
+        unsafe { pg_sys::RequestAddinShmemSpace(region_bytes()) };
+    }
+}
+
+fn live_identity(system_identifier: u64) -> std::io::Result<LiveIdentity> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let boot_id = live::parse_boot_id(&boot_id)
+        .ok_or_else(|| std::io::Error::other("unreadable /proc/sys/kernel/random/boot_id"))?;
+    Ok(LiveIdentity {
+        system_identifier,
+        slot_count: slot_count() as u64,
+        boot_id,
+    })
+}
+
+/// The live file of this data directory: named by the cluster and by the data
+/// directory itself, since a standby on the same machine shares the cluster's
+/// system identifier.
+pub fn live_file_path() -> std::io::Result<PathBuf> {
+    let control = server::read_control_file()?;
+    let data_dir = std::fs::metadata(server::data_dir())?;
+    Ok(PathBuf::from(format!(
+        "/dev/shm/ptrack.{}.{}.{}.map",
+        control.system_identifier,
+        data_dir.dev(),
+        data_dir.ino()
+    )))
+}
+
+/// Creates or opens the live file and maps it shared. The contents are judged
+/// at shmem startup.
+fn attach_live_file() -> std::io::Result<()> {
+    let path = live_file_path()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    let bytes = LIVE_HEADER_BYTES + LsnMap::region_size(slot_count());
+    if file.metadata()?.len() != bytes as u64 {
+        // Another map size: its contents are of no use.
+        file.set_len(0)?;
+        file.set_len(bytes as u64)?;
+    }
+    reserve(&file, bytes)?;
+    // SAFETY: the file is ours (mode 0600 in a name derived from this data
+    // directory) and only ever accessed through this shared mapping, by atomics.
+    let mapping = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(&file)? };
+    let base = Box::leak(Box::new(mapping)).as_mut_ptr();
+    // The mapping is page-aligned, so the header and the region after its 64
+    // bytes are aligned for `LiveHeader` and `LsnMap`.
+    LIVE_HEADER.store(base.cast(), Ordering::Release);
+    let _ = LIVE_PATH.set(path);
+    Ok(())
+}
+
+/// Allocates the file's blocks now: a write to a hole of a full tmpfs would
+/// raise SIGBUS inside a critical section.
+fn reserve(file: &File, bytes: usize) -> std::io::Result<()> {
+    // SAFETY: a plain system call on an open descriptor.
+    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+    match result {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_shmem_startup() {
     // SAFETY: shmem startup runs in the postmaster (or a standalone backend)
-    // while no other process is attached; `ShmemInitStruct` under
-    // `AddinShmemInitLock` is how PostgreSQL hands out the requested space.
+    // while no other process is attached.
     unsafe {
         if let Some(previous) = PREV_SHMEM_STARTUP_HOOK {
             previous();
         }
+    }
+    let live = LIVE_HEADER.load(Ordering::Acquire);
+    if live.is_null() {
+        start_in_shared_memory();
+    } else if REGION.load(Ordering::Acquire).is_null() {
+        // SAFETY: the live mapping holds the header and then the map region.
+        start_in_live_file(unsafe { (live as *mut u8).add(LIVE_HEADER_BYTES) });
+    } else {
+        // Shared memory was re-created after a process crashed; the live map
+        // was not, and it holds every mark up to the crash.
+        log!("ptrack: kept the live map across the restart of the server processes");
+    }
+}
+
+fn start_in_shared_memory() {
+    // SAFETY: `ShmemInitStruct` under `AddinShmemInitLock` is how PostgreSQL
+    // hands out the space requested in `on_shmem_request`.
+    let (region, found) = unsafe {
         // AddinShmemInitLock is entry 21 of the main LWLock array (lwlocklist.h).
         let lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -96,66 +230,136 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
             pg_sys::ShmemInitStruct(REGION_NAME.as_ptr(), region_bytes(), &mut found) as *mut u8;
         let region = raw.add(raw.align_offset(ALIGNMENT_SLACK));
         if !found {
-            std::ptr::write_bytes(
-                region,
-                0,
-                LsnMap::region_size(SLOT_COUNT.load(Ordering::Acquire)),
-            );
+            std::ptr::write_bytes(region, 0, LsnMap::region_size(slot_count()));
         }
         pg_sys::LWLockRelease(lock);
-        REGION.store(region, Ordering::Release);
-        if !found {
-            load_map_from_disk();
+        (region, found)
+    };
+    REGION.store(region, Ordering::Release);
+    if !found {
+        if let (Some(map), Some(file)) = (shared_map(), verified_map_file()) {
+            load(&map, &file);
         }
     }
 }
 
-/// Fills the freshly zeroed shared map from `global/ptrack.map`, or leaves it
-/// empty (tracking restarts, init LSN to be set by the first mark) with a
-/// WARNING saying why.
-fn load_map_from_disk() {
-    let Some(map) = shared_map() else { return };
+fn start_in_live_file(region: *mut u8) {
+    // SAFETY: `region` is the live mapping's map part, `LsnMap::region_size`
+    // bytes at a 64-byte offset into a page-aligned mapping.
+    let Some(map) = (unsafe { LsnMap::from_region(region, slot_count()) }) else {
+        return;
+    };
+    let file = verified_map_file();
+    let Some(header) = live_header() else { return };
+    let identity = match live_identity(system_identifier()) {
+        Ok(identity) => identity,
+        Err(error) => {
+            warning!("ptrack: cannot identify this boot ({error}); not resuming the live map");
+            LiveIdentity {
+                system_identifier: system_identifier(),
+                slot_count: slot_count() as u64,
+                boot_id: [0; 16],
+            }
+        }
+    };
+    let file_redo = file.as_ref().map(|f| f.meta().checkpoint_redo);
+    match header.resumable(&identity, file_redo) {
+        Ok(()) if identity.boot_id != [0; 16] => {
+            map.set_flushed_redo(header.base_redo());
+            log!(
+                "ptrack: resumed the live map: marks made since the checkpoint at REDO {} survived \
+                 the stop (init LSN {})",
+                header.base_redo(),
+                map.init_lsn()
+            );
+        }
+        _ => {
+            // SAFETY: no other process is attached yet; the header is rewritten
+            // in place before anyone reads it.
+            unsafe {
+                let base = (header as *const LiveHeader).cast_mut();
+                base.write(LiveHeader::new(
+                    &identity,
+                    file_redo.unwrap_or(Lsn::INVALID),
+                ));
+            }
+            map.reset();
+            if let Some(file) = &file {
+                load(&map, file);
+            }
+        }
+    }
+    REGION.store(region, Ordering::Release);
+    // SAFETY: registering an exit callback in the postmaster, where it runs at
+    // the postmaster's exit (children drop inherited callbacks).
+    unsafe {
+        pg_sys::on_proc_exit(
+            Some(remove_live_file_after_clean_shutdown),
+            pg_sys::Datum::from(0),
+        )
+    };
+}
+
+/// A clean shutdown wrote every mark into `global/ptrack.map`: the live file
+/// is no longer needed and gives its memory back. After an immediate stop it
+/// stays for the next start to resume.
+#[pg_guard]
+unsafe extern "C-unwind" fn remove_live_file_after_clean_shutdown(_code: i32, _arg: pg_sys::Datum) {
+    let clean = server::read_control_file().is_ok_and(|control| control.cleanly_shut_down);
+    if let (true, Some(path)) = (clean, LIVE_PATH.get()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Reads `global/pg_control` and `global/ptrack.map`, and returns the map file
+/// if every check passes; otherwise logs a WARNING saying why it is discarded.
+fn verified_map_file() -> Option<VerifiedMapFile<memmap2::Mmap>> {
     let global = server::data_dir().join("global");
     let _ = std::fs::remove_file(global.join(mapfile::TEMP_FILE_NAME));
     let control = match server::read_control_file() {
         Ok(control) => control,
         Err(error) => {
             warning!("ptrack: cannot read pg_control ({error}); discarding the map and starting a new one");
-            return;
+            return None;
         }
     };
     SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
     DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
     let expect = Expectation {
         system_identifier: control.system_identifier,
-        slot_count: map.slot_count() as u64,
+        slot_count: slot_count() as u64,
         latest_checkpoint_redo: control.latest_checkpoint_redo,
         data_checksum_version: control.data_checksum_version,
         backup_label_present: server::data_dir().join("backup_label").exists(),
     };
-    let path = global.join(mapfile::MAP_FILE_NAME);
-    match mapfile::open_verified(&path, &expect) {
-        Ok(file) => {
-            map.load(file.meta().init_lsn, file.slots());
-            map.set_flushed_redo(file.meta().checkpoint_redo);
-            log!(
-                "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, written at checkpoint REDO {})",
-                mapfile::MAP_FILE_NAME,
-                map.slot_count(),
-                file.meta().init_lsn,
-                file.meta().checkpoint_redo
+    match mapfile::open_verified(&global.join(mapfile::MAP_FILE_NAME), &expect) {
+        Ok(file) => Some(file),
+        Err(MapFileError::Missing) => {
+            warning!(
+                "ptrack: map file \"global/{}\" not found; starting a new map: changes before its init LSN are unknown",
+                mapfile::MAP_FILE_NAME
             );
+            None
         }
-        Err(MapFileError::Missing) => warning!(
-            "ptrack: map file \"global/{}\" not found; starting a new map: changes before its init LSN are unknown",
-            mapfile::MAP_FILE_NAME
-        ),
         Err(error) => {
-            map.reset();
             warning!(
                 "ptrack: discarding map file \"global/{}\": {error}; starting a new map: changes before its init LSN are unknown",
                 mapfile::MAP_FILE_NAME
             );
+            None
         }
     }
+}
+
+fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
+    map.load(file.meta().init_lsn, file.slots());
+    map.set_flushed_redo(file.meta().checkpoint_redo);
+    log!(
+        "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, written at checkpoint REDO {}) into {}",
+        mapfile::MAP_FILE_NAME,
+        map.slot_count(),
+        file.meta().init_lsn,
+        file.meta().checkpoint_redo,
+        backing()
+    );
 }

@@ -2,6 +2,7 @@
 //! without a PostgreSQL server.
 //!
 //! * [`lsn`]: log sequence numbers and their textual form.
+//! * [`live`]: the live map on tmpfs that survives process crashes.
 //! * [`block`]: the identity of a relation block and its two map slots.
 //! * [`map`]: the lock-free LSN map that lives in shared memory.
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
@@ -11,6 +12,7 @@
 //! The extension (the crate one directory up) is a thin pgrx shell around these.
 
 pub mod block;
+pub mod live;
 pub mod lsn;
 pub mod map;
 pub mod mapfile;

@@ -220,6 +220,36 @@ impl Report {
         )
     }
 
+    /// Missed blocks whose change was not WAL-logged (see [`NOT_WAL_LOGGED`]).
+    pub fn not_wal_logged_misses(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| &f.false_negatives)
+            .filter(|(_, why)| *why == NOT_WAL_LOGGED)
+            .count() as u64
+    }
+
+    /// After a crash: panics if any missed block had a WAL-logged change or is
+    /// new; misses of non-WAL-logged changes are listed but allowed, because
+    /// the in-memory mark of such a write since the last checkpoint dies with
+    /// the server and redo does not rewrite the page (the documented limit).
+    pub fn assert_no_false_negatives_but_unlogged(&self, label: &str) {
+        let unlogged = self.not_wal_logged_misses();
+        if unlogged > 0 {
+            eprintln!(
+                "[{label}] {unlogged} missed blocks had only non-WAL-logged changes (allowed after a crash):\n  {}",
+                self.false_negatives(20).join("\n  ")
+            );
+        }
+        let logged = self.totals().false_negatives - unlogged;
+        assert!(
+            logged == 0,
+            "[{label}] {logged} changed blocks with WAL-logged or new content are missing (first 20 misses):\n  {}\n{}",
+            self.false_negatives(20).join("\n  "),
+            self.summary(label)
+        );
+    }
+
     /// Panics listing up to 20 false negatives if there is any.
     pub fn assert_no_false_negatives(&self, label: &str) {
         let t = self.totals();
@@ -231,6 +261,15 @@ impl Report {
             self.summary(label)
         );
     }
+}
+
+/// The reason given for a missed block whose page LSN did not change: its
+/// change was not WAL-logged (hint bits without checksums, SP-GiST's cache of
+/// last-used pages in its metapage). Only a crash can lose such a mark.
+pub const NOT_WAL_LOGGED: &str = "content differs, page LSN unchanged: change not WAL-logged";
+
+fn page_lsn(page: &[u8]) -> Option<[u8; 8]> {
+    page.get(0..8).map(|lsn| lsn.try_into().expect("8 bytes"))
 }
 
 /// Compares every relation file of `newer` with the same path in `older`
@@ -295,6 +334,14 @@ pub fn compare(older: &Path, newer: &Path, pagemap: &PageMapSet) -> Report {
                     let why = match (stat.new_file, start < old_bytes.len(), zero) {
                         (true, _, false) => "new file",
                         (true, _, true) => "new file, all-zero block",
+                        // The page LSN is where every WAL-logged change leaves
+                        // its mark: an unchanged one means no WAL record
+                        // touched the page since the older copy.
+                        (false, true, _)
+                            if page_lsn(&old_bytes[start..]) == page_lsn(&new_bytes[start..]) =>
+                        {
+                            NOT_WAL_LOGGED
+                        }
                         (false, true, _) => "content differs",
                         (false, false, false) => "past the old end of file",
                         (false, false, true) => "past the old end of file, all-zero block",

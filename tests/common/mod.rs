@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod faults;
+pub mod replica;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -680,7 +682,14 @@ impl Drop for Cluster {
         }
         if std::env::var_os("PTRACK_KEEP_TEST_DIRS").is_some() {
             eprintln!("[{}] keeping {}", self.name, self.base.display());
-        } else if let Err(e) = fs::remove_dir_all(&self.base) {
+            return;
+        }
+        // An immediate stop leaves the live map in tmpfs for the next start;
+        // this data directory will have none.
+        if let Some(live) = live_map_path(&self.pgdata) {
+            let _ = fs::remove_file(live);
+        }
+        if let Err(e) = fs::remove_dir_all(&self.base) {
             eprintln!(
                 "[{}] could not remove {}: {e}",
                 self.name,
@@ -688,6 +697,20 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// The server's live map file for a data directory, named as the extension
+/// names it: `/dev/shm/ptrack.<system identifier>.<dev>.<inode>.map`.
+pub fn live_map_path(pgdata: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let control = fs::read(pgdata.join("global/pg_control")).ok()?;
+    let system_identifier = u64::from_le_bytes(control.get(0..8)?.try_into().ok()?);
+    let dir = fs::metadata(pgdata).ok()?;
+    Some(PathBuf::from(format!(
+        "/dev/shm/ptrack.{system_identifier}.{}.{}.map",
+        dir.dev(),
+        dir.ino()
+    )))
 }
 
 fn check_output(what: &str, out: &Output) {
