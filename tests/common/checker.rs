@@ -220,36 +220,6 @@ impl Report {
         )
     }
 
-    /// Missed blocks whose change was not WAL-logged (see [`NOT_WAL_LOGGED`]).
-    pub fn not_wal_logged_misses(&self) -> u64 {
-        self.files
-            .iter()
-            .flat_map(|f| &f.false_negatives)
-            .filter(|(_, why)| *why == NOT_WAL_LOGGED)
-            .count() as u64
-    }
-
-    /// After a crash: panics if any missed block had a WAL-logged change or is
-    /// new; misses of non-WAL-logged changes are listed but allowed, because
-    /// the in-memory mark of such a write since the last checkpoint dies with
-    /// the server and redo does not rewrite the page (the documented limit).
-    pub fn assert_no_false_negatives_but_unlogged(&self, label: &str) {
-        let unlogged = self.not_wal_logged_misses();
-        if unlogged > 0 {
-            eprintln!(
-                "[{label}] {unlogged} missed blocks had only non-WAL-logged changes (allowed after a crash):\n  {}",
-                self.false_negatives(20).join("\n  ")
-            );
-        }
-        let logged = self.totals().false_negatives - unlogged;
-        assert!(
-            logged == 0,
-            "[{label}] {logged} changed blocks with WAL-logged or new content are missing (first 20 misses):\n  {}\n{}",
-            self.false_negatives(20).join("\n  "),
-            self.summary(label)
-        );
-    }
-
     /// Panics listing up to 20 false negatives if there is any.
     pub fn assert_no_false_negatives(&self, label: &str) {
         let t = self.totals();
