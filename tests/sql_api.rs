@@ -117,14 +117,17 @@ fn functions_report_changed_blocks() {
         }
     }
 
-    // pg_probackup's query, with a bound parameter, plain and schema-qualified.
+        // pg_probackup's query, with a parameter ($1), plain and schema-qualified.
+    // A server-side prepared statement binds it the way the extended protocol
+    // does, on every psql version (\bind needs psql 16).
     let schema = ext_schema(&c);
     for func in [
         "ptrack_get_pagemapset".to_string(),
         format!("{schema}.ptrack_get_pagemapset"),
     ] {
         let out = c.psql(&format!(
-            "SELECT path, pagemap FROM {func}($1) ORDER BY 1 \\bind '{l}' \\g"
+            "PREPARE probackup(pg_lsn) AS SELECT path, pagemap FROM {func}($1) ORDER BY 1;
+             EXECUTE probackup('{l}');"
         ));
         let rows = common::split_rows(&out);
         let paths: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
