@@ -108,6 +108,10 @@ pub fn data_dir() -> PathBuf {
 pub struct ControlFacts {
     pub system_identifier: u64,
     pub latest_checkpoint_redo: Lsn,
+    /// The highest LSNs pg_control knows: the latest checkpoint record and
+    /// the minimum recovery point (pg_rewind sets it to the source's end).
+    pub latest_checkpoint: Lsn,
+    pub min_recovery_point: Lsn,
     pub data_checksum_version: u32,
     /// The last shutdown was clean: every page and the map were written.
     pub cleanly_shut_down: bool,
@@ -130,6 +134,8 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
     Ok(ControlFacts {
         system_identifier: control.system_identifier,
         latest_checkpoint_redo: Lsn(control.checkPointCopy.redo),
+        latest_checkpoint: Lsn(control.checkPoint),
+        min_recovery_point: Lsn(control.minRecoveryPoint),
         data_checksum_version: control.data_checksum_version,
         cleanly_shut_down: matches!(
             control.state,

@@ -215,6 +215,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         // Shared memory was re-created after a process crashed; the live map
         // was not, and it holds every mark up to the crash.
         log!("ptrack: kept the live map across the restart of the server processes");
+        register_final_flush();
     }
 }
 
@@ -236,10 +237,19 @@ fn start_in_shared_memory() {
         (region, found)
     };
     REGION.store(region, Ordering::Release);
-    if !found {
-        if let (Some(map), Some(file)) = (shared_map(), verified_map_file()) {
-            load(&map, &file);
-        }
+    if let (false, Some(map)) = (found, shared_map()) {
+        let verdict = verified_map_file();
+        start_map(&map, verdict.file.as_ref(), verdict.floor);
+    }
+    register_final_flush();
+}
+
+/// Fills a cleared map from a verified map file, or leaves it empty with its
+/// init LSN held above `floor`.
+fn start_map(map: &LsnMap<'_>, file: Option<&VerifiedMapFile<memmap2::Mmap>>, floor: Lsn) {
+    match file {
+        Some(file) => load(map, file),
+        None => map.set_init_floor(floor),
     }
 }
 
@@ -249,7 +259,8 @@ fn start_in_live_file(region: *mut u8) {
     let Some(map) = (unsafe { LsnMap::from_region(region, slot_count()) }) else {
         return;
     };
-    let file = verified_map_file();
+    let verdict = verified_map_file();
+    let file = verdict.file;
     let Some(header) = live_header() else { return };
     let identity = match live_identity(system_identifier()) {
         Ok(identity) => identity,
@@ -284,45 +295,84 @@ fn start_in_live_file(region: *mut u8) {
                 ));
             }
             map.reset();
-            if let Some(file) = &file {
-                load(&map, file);
-            }
+            start_map(&map, file.as_ref(), verdict.floor);
         }
     }
     REGION.store(region, Ordering::Release);
-    // SAFETY: registering an exit callback in the postmaster, where it runs at
-    // the postmaster's exit (children drop inherited callbacks).
-    unsafe {
-        pg_sys::on_proc_exit(
-            Some(remove_live_file_after_clean_shutdown),
-            pg_sys::Datum::from(0),
-        )
-    };
+    register_final_flush();
 }
 
-/// A clean shutdown wrote every mark into `global/ptrack.map`: the live file
-/// is no longer needed and gives its memory back. After an immediate stop it
-/// stays for the next start to resume.
+/// Registers [`final_flush`] in the postmaster. Re-registered at every shmem
+/// startup: re-creating shared memory after a crash clears the callbacks.
+fn register_final_flush() {
+    // SAFETY: registering an exit callback during shmem startup, in the
+    // postmaster (children drop inherited callbacks). It runs before
+    // PostgreSQL detaches its own shared memory, registered earlier.
+    unsafe { pg_sys::on_shmem_exit(Some(final_flush), pg_sys::Datum::from(0)) };
+}
+
+/// At the postmaster's exit after a clean shutdown, writes the map once more,
+/// stamped with pg_control's latest checkpoint: a standby skips its shutdown
+/// restartpoint when no checkpoint record arrived since the last one, and then
+/// no flush would carry the marks made since. Afterwards the live file is
+/// not needed and gives its memory back. After an immediate stop nothing
+/// happens here and the live file stays for the next start.
 #[pg_guard]
-unsafe extern "C-unwind" fn remove_live_file_after_clean_shutdown(_code: i32, _arg: pg_sys::Datum) {
-    let clean = server::read_control_file().is_ok_and(|control| control.cleanly_shut_down);
-    if let (true, Some(path)) = (clean, LIVE_PATH.get()) {
-        let _ = std::fs::remove_file(path);
+unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
+    let Ok(control) = server::read_control_file() else {
+        return;
+    };
+    let Some(map) = shared_map() else { return };
+    if !control.cleanly_shut_down {
+        return;
     }
+    let redo = control.latest_checkpoint_redo;
+    let meta = mapfile::MapFileMeta {
+        system_identifier: system_identifier(),
+        slot_count: map.slot_count() as u64,
+        init_lsn: map.init_lsn(),
+        checkpoint_redo: redo,
+        data_checksum_version: data_checksum_version(),
+    };
+    match mapfile::persist(&server::data_dir().join("global"), &meta, map.slots()) {
+        Ok(()) => {
+            flushed_at(&map, redo);
+            if let Some(path) = LIVE_PATH.get() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Err(error) => {
+            warning!("ptrack: could not write the map at shutdown: {error}; the live map is kept")
+        }
+    }
+}
+
+/// The map file at start, if every check passes, and otherwise the LSN a new
+/// map's init LSN must stay above.
+struct MapFileVerdict {
+    file: Option<VerifiedMapFile<memmap2::Mmap>>,
+    /// The highest LSN pg_control or an intact (but rejected) map file records.
+    floor: Lsn,
 }
 
 /// Reads `global/pg_control` and `global/ptrack.map`, and returns the map file
 /// if every check passes; otherwise logs a WARNING saying why it is discarded.
-fn verified_map_file() -> Option<VerifiedMapFile<memmap2::Mmap>> {
+fn verified_map_file() -> MapFileVerdict {
+    let verdict = |file, floor| MapFileVerdict { file, floor };
     let global = server::data_dir().join("global");
     let _ = std::fs::remove_file(global.join(mapfile::TEMP_FILE_NAME));
     let control = match server::read_control_file() {
         Ok(control) => control,
         Err(error) => {
             warning!("ptrack: cannot read pg_control ({error}); discarding the map and starting a new one");
-            return None;
+            // Nothing is known of the LSNs used before: cover none of them.
+            return verdict(None, Lsn(u64::MAX - 1));
         }
     };
+    let control_floor = control
+        .latest_checkpoint
+        .max(control.latest_checkpoint_redo)
+        .max(control.min_recovery_point);
     SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
     DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
     let expect = Expectation {
@@ -332,21 +382,27 @@ fn verified_map_file() -> Option<VerifiedMapFile<memmap2::Mmap>> {
         data_checksum_version: control.data_checksum_version,
         backup_label_present: server::data_dir().join("backup_label").exists(),
     };
-    match mapfile::open_verified(&global.join(mapfile::MAP_FILE_NAME), &expect) {
-        Ok(file) => Some(file),
+    let path = global.join(mapfile::MAP_FILE_NAME);
+    match mapfile::open_verified(&path, &expect) {
+        Ok(file) => verdict(Some(file), control_floor),
         Err(MapFileError::Missing) => {
             warning!(
                 "ptrack: map file \"global/{}\" not found; starting a new map: changes before its init LSN are unknown",
                 mapfile::MAP_FILE_NAME
             );
-            None
+            verdict(None, control_floor)
         }
         Err(error) => {
             warning!(
                 "ptrack: discarding map file \"global/{}\": {error}; starting a new map: changes before its init LSN are unknown",
                 mapfile::MAP_FILE_NAME
             );
-            None
+            // After pg_rewind or a restore, LSNs the old map saw may lie ahead
+            // of everything this server will replay first.
+            let recorded = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| mapfile::highest_lsn_recorded(&bytes));
+            verdict(None, control_floor.max(recorded.unwrap_or(Lsn::INVALID)))
         }
     }
 }

@@ -117,7 +117,7 @@ fn functions_report_changed_blocks() {
         }
     }
 
-        // pg_probackup's query, with a parameter ($1), plain and schema-qualified.
+    // pg_probackup's query, with a parameter ($1), plain and schema-qualified.
     // A server-side prepared statement binds it the way the extended protocol
     // does, on every psql version (\bind needs psql 16).
     let schema = ext_schema(&c);

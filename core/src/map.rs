@@ -25,6 +25,10 @@ pub struct MapState {
     init_lsn: AtomicU64,
     /// The checkpoint REDO LSN of the last successful flush to disk, 0 if none.
     flushed_redo: AtomicU64,
+    /// The lowest init LSN a new map may take: LSNs up to it may have been
+    /// used before the map was started, possibly on another timeline (after
+    /// pg_rewind, replay starts below LSNs the old primary had reached).
+    init_floor: AtomicU64,
 }
 
 /// A view of a map: its state and its slots, wherever they live.
@@ -114,6 +118,7 @@ impl<'a> LsnMap<'a> {
         if !lsn.is_valid() {
             return self.init_lsn();
         }
+        let lsn = Lsn(lsn.0.max(self.state.init_floor.load(Ordering::Acquire)));
         match self
             .state
             .init_lsn
@@ -188,6 +193,15 @@ impl<'a> LsnMap<'a> {
     pub fn reset(&self) {
         self.load(Lsn::INVALID, std::iter::repeat(0));
         self.state.flushed_redo.store(0, Ordering::Release);
+        self.state.init_floor.store(0, Ordering::Release);
+    }
+
+    /// A new map's init LSN will be above `floor`: every LSN up to it may have
+    /// been a backup's start before this map existed.
+    pub fn set_init_floor(&self, floor: Lsn) {
+        self.state
+            .init_floor
+            .fetch_max(floor.0.saturating_add(1), Ordering::AcqRel);
     }
 
     pub fn flushed_redo(&self) -> Lsn {
@@ -290,6 +304,22 @@ mod tests {
             .filter(|&b| !map.changed_since(&key(8, b), Lsn(10)))
             .count();
         assert!(unmarked > 95, "a sparse map reports few false positives");
+    }
+
+    #[test]
+    fn a_new_map_starts_above_its_floor() {
+        // After pg_rewind, replay marks with LSNs below what the old primary
+        // reached; the init LSN must not claim that interval.
+        let owned = OwnedLsnMap::new(64);
+        let map = owned.view();
+        map.set_init_floor(Lsn(5000));
+        map.mark(&key(1, 1), Lsn(3000));
+        assert_eq!(map.init_lsn(), Lsn(5001));
+        assert!(
+            map.changed_since(&key(2, 2), Lsn(5000)),
+            "the old primary's LSNs are not covered"
+        );
+        assert!(!map.changed_since(&key(2, 2), Lsn(5001)));
     }
 
     #[test]

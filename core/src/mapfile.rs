@@ -341,6 +341,31 @@ pub fn verify<B: AsRef<[u8]>>(
     Ok(VerifiedMapFile { bytes, meta })
 }
 
+/// The highest LSN an intact map file (CRC, magic and version good) records —
+/// its init LSN, checkpoint REDO and largest slot — even when it fails the
+/// other checks (stale, restored, rewound). A map that replaces it must start
+/// above this. `None` for a damaged file, whose numbers mean nothing.
+pub fn highest_lsn_recorded(bytes: &[u8]) -> Option<Lsn> {
+    if bytes.len() < HEADER_LEN + TRAILER_LEN || (bytes.len() - HEADER_LEN - TRAILER_LEN) % 8 != 0 {
+        return None;
+    }
+    let crc_at = bytes.len() - TRAILER_LEN;
+    if u32_at(bytes, crc_at) != crc32fast::hash(&bytes[..crc_at])
+        || bytes[0..8] != MAGIC
+        || u32_at(bytes, 8) != FORMAT_VERSION
+    {
+        return None;
+    }
+    let slots = bytes[HEADER_LEN..crc_at]
+        .chunks_exact(8)
+        .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
+    let highest = slots
+        .chain([u64_at(bytes, 32), u64_at(bytes, 40)])
+        .max()
+        .unwrap_or(0);
+    Some(Lsn(highest))
+}
+
 /// Memory-maps `path` and verifies it.
 pub fn open_verified(
     path: &Path,
@@ -514,6 +539,20 @@ mod tests {
         check(longer, "longer", |e| {
             matches!(e, MapFileError::WrongLength { .. })
         });
+    }
+
+    #[test]
+    fn the_highest_lsn_of_an_intact_file_survives_its_rejection() {
+        let bytes = image(&[10, 0x9000, 30]);
+        assert_eq!(highest_lsn_recorded(&bytes), Some(Lsn(0x9000)));
+        let mut stale = bytes.clone();
+        stale[40..48].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        reseal(&mut stale);
+        assert_eq!(highest_lsn_recorded(&stale), Some(Lsn(0x1_0000)));
+        let mut damaged = bytes.clone();
+        damaged[70] ^= 1;
+        assert_eq!(highest_lsn_recorded(&damaged), None);
+        assert_eq!(highest_lsn_recorded(&bytes[..20]), None);
     }
 
     #[test]

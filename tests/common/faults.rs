@@ -288,6 +288,77 @@ impl Cluster {
         Ok(())
     }
 
+    /// The live map file in tmpfs (`/dev/shm/ptrack.*.map`), if it exists.
+    pub fn live_map_file(&self) -> Option<PathBuf> {
+        super::live_map_path(&self.pgdata).filter(|p| p.exists())
+    }
+
+    /// An operating-system crash as ptrack sees it: the server processes die
+    /// (immediate stop) and tmpfs, which held the live map, is empty at the
+    /// next boot. Page writes that reached the disk stay (the worst case for
+    /// change tracking). Returns whether there was a live map to lose.
+    pub fn simulate_os_crash(&mut self) -> bool {
+        self.stop(StopMode::Immediate);
+        match super::live_map_path(&self.pgdata) {
+            Some(live) if live.exists() => {
+                fs::remove_file(&live).unwrap_or_else(|e| panic!("rm {}: {e}", live.display()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Kills one client backend of this cluster with SIGKILL (by the pid
+    /// `pg_stat_activity` gives), which makes the postmaster end every server
+    /// process, re-create shared memory and run crash recovery. Prefers a
+    /// backend of `application_name`. Returns the pid, None if there was none.
+    pub fn kill_a_backend(&self, application_name: &str) -> Option<i32> {
+        let pid: i32 = self
+            .try_psql(&format!(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                  ORDER BY application_name = '{application_name}' DESC, random() LIMIT 1"
+            ))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: kill(2) on a pid of this cluster's own server processes.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        (rc == 0).then_some(pid)
+    }
+
+    /// Waits until the server accepts connections again (after a crash of one
+    /// of its processes, the postmaster restarts the others by itself).
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        // A few ms after the kill the old backends may still answer.
+        std::thread::sleep(Duration::from_millis(200));
+        wait_for(timeout, || self.accepts_connections())
+    }
+
+    /// One `psql -c 'SELECT 1'` (SQL in the arguments: `try_psql` writes it to
+    /// psql's stdin, which fails with EPIPE when psql exits at once because the
+    /// server is still down).
+    pub fn accepts_connections(&self) -> bool {
+        self.server_cmd("psql")
+            .args(["-X", "-q", "-h"])
+            .arg(&self.sockdir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", "SELECT 1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// The postmaster's pid, from postmaster.pid.
     pub fn postmaster_pid(&self) -> Option<u32> {
         fs::read_to_string(self.pgdata.join("postmaster.pid"))
