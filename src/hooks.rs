@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use ptrack_core::mapfile::{self, MapFileMeta};
-use ptrack_core::{walk, Fork, RelFileKey};
+use ptrack_core::{walk, Fork, Lsn, LsnMap, RelFileKey};
 
 use crate::server::{self, BlockHook, CopydirHook, CoreHooks, RelFileBackend, SyncHook};
 use crate::shmem;
@@ -154,7 +154,18 @@ fn flush_map() {
     let Some(map) = shmem::shared_map() else {
         return;
     };
-    let redo = server::checkpoint_redo();
+    if let Err(error) = persist_map(&map, server::checkpoint_redo()) {
+        warning!(
+            "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
+             discarded at the next start unless a later checkpoint writes it",
+            mapfile::MAP_FILE_NAME
+        );
+    }
+}
+
+/// Writes the map to `global/ptrack.map`, stamped with the checkpoint REDO
+/// `redo`, through the developer settings' fault-injection points.
+pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
     let meta = MapFileMeta {
         system_identifier: shmem::system_identifier(),
         slot_count: map.slot_count() as u64,
@@ -162,7 +173,6 @@ fn flush_map() {
         checkpoint_redo: redo,
         data_checksum_version: shmem::data_checksum_version(),
     };
-    let global = server::data_dir().join("global");
     let pause = std::time::Duration::from_millis(crate::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
     let fail_after = crate::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
     let mut inject_faults = |chunks_written: usize| {
@@ -177,12 +187,8 @@ fn flush_map() {
             _ => Ok(()),
         }
     };
-    match mapfile::persist_with(&global, &meta, map.slots(), &mut inject_faults) {
-        Ok(()) => shmem::flushed_at(&map, redo),
-        Err(error) => warning!(
-            "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
-             discarded at the next start unless a later checkpoint writes it",
-            mapfile::MAP_FILE_NAME
-        ),
-    }
+    let global = server::data_dir().join("global");
+    mapfile::persist_with(&global, &meta, map.slots(), &mut inject_faults)?;
+    shmem::flushed_at(map, redo);
+    Ok(())
 }

@@ -326,17 +326,8 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     if !control.cleanly_shut_down {
         return;
     }
-    let redo = control.latest_checkpoint_redo;
-    let meta = mapfile::MapFileMeta {
-        system_identifier: system_identifier(),
-        slot_count: map.slot_count() as u64,
-        init_lsn: map.init_lsn(),
-        checkpoint_redo: redo,
-        data_checksum_version: data_checksum_version(),
-    };
-    match mapfile::persist(&server::data_dir().join("global"), &meta, map.slots()) {
+    match crate::hooks::persist_map(&map, control.latest_checkpoint_redo) {
         Ok(()) => {
-            flushed_at(&map, redo);
             if let Some(path) = LIVE_PATH.get() {
                 let _ = std::fs::remove_file(path);
             }
