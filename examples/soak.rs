@@ -592,7 +592,9 @@ impl Soak {
                 .files
                 .iter()
                 .flat_map(|f| &f.false_negatives)
-                .filter(|(_, why)| *why == checker::NOT_WAL_LOGGED)
+                .filter(|(_, why)| {
+                    *why == checker::NOT_WAL_LOGGED || *why == checker::ZERO_EXTENSION
+                })
                 .count() as u64;
         }
         if it.missed > 0 && stats.known_fn_evidence.len() < 60 {

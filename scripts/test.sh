@@ -6,10 +6,10 @@
 # For each PostgreSQL major in PTRACK_TEST_MAJORS (default: 17 15 18) it sets
 # everything up (scripts/setup.sh: packages, the patched server built once and
 # cached, the extension built and installed into it) and runs the cluster tests
-# against it as the postgres user: the full suite on 17, the lean suite (SQL
-# API, map files, cold-copy checks) on the others. Then the cold-copy checks
-# again on a 17 built with 512 kB relation segments, so relations span many
-# segment files. The pure core's unit and property tests run first.
+# against it as the postgres user: the whole suite on every major. Then the
+# cold-copy checks and SQL API again on a 17 built with 512 kB relation
+# segments, so relations span many segment files. The pure core's unit and
+# property tests run first.
 #
 # PTRACK_TEST_MAJORS="17" limits the majors; PTRACK_TEST_SEGSIZE=0 skips the
 # small-segment run; PTRACK_TEST_FILTER is a cargo test name filter.
@@ -17,8 +17,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 majors=${PTRACK_TEST_MAJORS:-17 15 18}
-full_suite_major=17
-lean_suite=(--test sql_api --test map_file --test cold_copy)
 filter=(${PTRACK_TEST_FILTER:+"$PTRACK_TEST_FILTER"})
 
 cargo test --release -p ptrack-core
@@ -37,11 +35,7 @@ run_suite() {
 }
 
 for major in $majors; do
-	if [ "$major" = "$full_suite_major" ]; then
-		run_suite "$major" test --tests
-	else
-		run_suite "$major" test "${lean_suite[@]}"
-	fi
+	run_suite "$major" test --tests
 done
 if [ "${PTRACK_TEST_SEGSIZE:-1}" = 1 ]; then
 	run_suite 17 segsize --test cold_copy --test sql_api

@@ -322,7 +322,7 @@ fn spgist_metapage(crash: Crash, name: &str) {
                 // yet written with content: all zeros, as a restore extends.
                 let allowed = |(block, why): &(u64, &str)| {
                     (*block == 0 && *why == common::checker::NOT_WAL_LOGGED)
-                        || *why == "past the old end of file, all-zero block"
+                        || *why == common::checker::ZERO_EXTENSION
                 };
                 assert!(
                     f.path == index_path && f.false_negatives.iter().all(allowed),

@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 
+use common::replica::ptrack_warnings;
 use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, BLCKSZ, MAP_SIZE_MB};
 
 const MAGIC: &[u8; 8] = b"PTRACKMP";
@@ -87,26 +88,6 @@ fn recompute_crc(b: &mut [u8]) {
     let trailer = b.len() - TRAILER_LEN;
     let crc = crc32fast::hash(&b[..trailer]);
     b[trailer..trailer + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// ptrack's WARNINGs in a log excerpt, each with its DETAIL/HINT lines.
-fn ptrack_warnings(log: &str) -> Vec<String> {
-    let lines: Vec<&str> = log.lines().collect();
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.contains("WARNING:") && line.contains("ptrack") {
-            let mut msg = line.to_string();
-            for more in lines[i + 1..]
-                .iter()
-                .take_while(|l| l.contains("DETAIL:") || l.contains("HINT:"))
-            {
-                msg.push('\n');
-                msg.push_str(more);
-            }
-            out.push(msg);
-        }
-    }
-    out
 }
 
 /// Creates the reference table (frozen, never written again) and returns its

@@ -238,6 +238,11 @@ impl Report {
 /// last-used pages in its metapage). Only a crash can lose such a mark.
 pub const NOT_WAL_LOGGED: &str = "content differs, page LSN unchanged: change not WAL-logged";
 
+/// The reason given for a missed all-zero block past the older copy's end of
+/// file: the relation was extended by zeros (`mdzeroextend`, not WAL-logged)
+/// and the block not yet written with content.
+pub const ZERO_EXTENSION: &str = "past the old end of file, all-zero block";
+
 fn page_lsn(page: &[u8]) -> Option<[u8; 8]> {
     page.get(0..8).map(|lsn| lsn.try_into().expect("8 bytes"))
 }
@@ -314,7 +319,7 @@ pub fn compare(older: &Path, newer: &Path, pagemap: &PageMapSet) -> Report {
                         }
                         (false, true, _) => "content differs",
                         (false, false, false) => "past the old end of file",
-                        (false, false, true) => "past the old end of file, all-zero block",
+                        (false, false, true) => ZERO_EXTENSION,
                     };
                     stat.false_negatives.push((block, why));
                 }
