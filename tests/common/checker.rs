@@ -238,10 +238,10 @@ impl Report {
 /// last-used pages in its metapage). Only a crash can lose such a mark.
 pub const NOT_WAL_LOGGED: &str = "content differs, page LSN unchanged: change not WAL-logged";
 
-/// The reason given for a missed all-zero block past the older copy's end of
-/// file: the relation was extended by zeros (`mdzeroextend`, not WAL-logged)
-/// and the block not yet written with content.
-pub const ZERO_EXTENSION: &str = "past the old end of file, all-zero block";
+/// The reason given for a missed all-zero block the older copy did not have
+/// (past its end of file, or in a new file): the file was extended by zeros
+/// (`mdzeroextend`, not WAL-logged) and the block not yet written with content.
+pub const ZERO_EXTENSION: &str = "all-zero block, absent from the older copy";
 
 fn page_lsn(page: &[u8]) -> Option<[u8; 8]> {
     page.get(0..8).map(|lsn| lsn.try_into().expect("8 bytes"))
@@ -308,7 +308,7 @@ pub fn compare(older: &Path, newer: &Path, pagemap: &PageMapSet) -> Report {
                     let zero = new_bytes[start..end].iter().all(|&x| x == 0);
                     let why = match (stat.new_file, start < old_bytes.len(), zero) {
                         (true, _, false) => "new file",
-                        (true, _, true) => "new file, all-zero block",
+                        (true, _, true) => ZERO_EXTENSION,
                         // The page LSN is where every WAL-logged change leaves
                         // its mark: an unchanged one means no WAL record
                         // touched the page since the older copy.
