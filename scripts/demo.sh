@@ -22,7 +22,8 @@ port=$((54000 + RANDOM % 1000))
 as_pg() { runuser -u postgres -- "$@"; }
 psql_demo() { as_pg "$bin/psql" -X -h "$work" -p "$port" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 cleanup() {
-	as_pg "$bin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1 || true
+	# A clean stop writes the map and frees the live map in /dev/shm.
+	as_pg "$bin/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
 	[ "${DEMO_KEEP:-0}" = 1 ] && { echo "cluster kept in $work (port $port)"; return; }
 	rm -rf "$work"
 }
