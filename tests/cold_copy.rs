@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::checker::{self, Report};
+use common::checker;
 use common::{workload, Cluster, Lsn, PageMapSet, StopMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +100,7 @@ fn run(variant: Variant, name: &str) {
 
     if report.totals().false_negatives > 0 {
         eprintln!("[{name}] relations with missed blocks:");
-        for line in describe_false_negatives(&c, &report) {
+        for line in common::faults::describe_false_negatives(&c, &report, 20) {
             eprintln!("  {line}");
         }
     }
@@ -164,54 +164,6 @@ fn check_paths(name: &str, pagemap: &PageMapSet) {
             "[{name}] reported path is not in a relation directory: {path}"
         );
     }
-}
-
-/// Best effort: the relations behind the files with false negatives.
-fn describe_false_negatives(c: &Cluster, report: &Report) -> Vec<String> {
-    report
-        .files
-        .iter()
-        .filter(|f| !f.false_negatives.is_empty())
-        .take(20)
-        .map(|f| {
-            let parts: Vec<&str> = f.path.split('/').collect();
-            let file = parts.last().copied().unwrap_or_default();
-            let node = checker::parse_relation_file_name(file).map_or(0, |r| r.relfilenode);
-            let (spc, db) = match parts.as_slice() {
-                ["base", db, _] => ("0".to_string(), Some(db.to_string())),
-                ["pg_tblspc", spc, _, db, _] => (spc.to_string(), Some(db.to_string())),
-                // Shared catalogs: pg_global.
-                ["global", _] => ("1664".to_string(), None),
-                _ => ("0".to_string(), None),
-            };
-            let datname = match &db {
-                Some(oid) => c
-                    .try_psql(&format!(
-                        "SELECT datname FROM pg_database WHERE oid = {oid}"
-                    ))
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default(),
-                None => "postgres".to_string(),
-            };
-            let rel = if datname.is_empty() {
-                "?".to_string()
-            } else {
-                c.try_psql_db(
-                    &datname,
-                    &format!("SELECT pg_filenode_relation({spc}, {node})::regclass"),
-                )
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|e| e)
-            };
-            format!(
-                "{}: {} of {} blocks missed (new file: {}), db {datname:?}, relation {rel:?}",
-                f.path,
-                f.false_negatives.len(),
-                f.blocks,
-                f.new_file
-            )
-        })
-        .collect()
 }
 
 #[test]
