@@ -6,8 +6,8 @@ mod common;
 
 use std::fs;
 
-use common::replica::ptrack_warnings;
-use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, BLCKSZ, MAP_SIZE_MB};
+use common::replica::{create_known_table, ptrack_warnings};
+use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, MAP_SIZE_MB};
 
 const MAGIC: &[u8; 8] = b"PTRACKMP";
 const HEADER_LEN: usize = 64;
@@ -88,24 +88,6 @@ fn recompute_crc(b: &mut [u8]) {
     let trailer = b.len() - TRAILER_LEN;
     let crc = crc32fast::hash(&b[..trailer]);
     b[trailer..trailer + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Creates the reference table (frozen, never written again) and returns its
-/// file path and block count.
-fn create_known_table(c: &Cluster) -> (String, u64) {
-    c.psql(
-        "CREATE EXTENSION IF NOT EXISTS ptrack;
-         CREATE TABLE known (id int, pad text) WITH (autovacuum_enabled = off);
-         INSERT INTO known SELECT g, repeat('k', 300) FROM generate_series(1, 1000) g;
-         VACUUM (FREEZE, ANALYZE) known;
-         CHECKPOINT;",
-    );
-    let path = c.query_one("SELECT pg_relation_filepath('known')");
-    let bytes: u64 = c
-        .query_one("SELECT pg_relation_size('known')")
-        .parse()
-        .expect("relation size");
-    (path, bytes / BLCKSZ as u64)
 }
 
 fn assert_reports_all(set: &PageMapSet, path: &str, blocks: u64, why: &str) {
