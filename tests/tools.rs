@@ -111,14 +111,12 @@ fn pg_rewind_old_primary() {
 /// changed is reported for the old primary's last checkpoint REDO L, checked
 /// block by block against cold copies taken before the rewind and after it.
 ///
-/// Fails today: the new map's init LSN is the first mark of the replay after
-/// the rewind, on the new primary's timeline, which can be below L; the
-/// blocks pg_rewind put back offline are then missing for L.
+/// This needs the old primary's map: the new map's first marks come from the
+/// replay after the rewind, on the new primary's timeline, at LSNs that can be
+/// below L. The core patch makes pg_rewind keep the target's map (PostgreSQL
+/// >= 14 would delete it as an excluded file); the extension discards it and
+/// starts the new map above the highest LSN it records.
 #[test]
-#[ignore = "known bug, fix pending: PostgreSQL >= 14's pg_rewind removes the files it excludes, \
-            so the old primary's ptrack.map (the only record of how far its LSNs went) is gone \
-            and the new init LSN can fall below the old primary's last checkpoint; the core \
-            patch must make pg_rewind leave the target's map for the extension to discard"]
 fn pg_rewind_reports_what_the_rewind_changed() {
     rewind("rewind_strict", true);
 }
@@ -175,14 +173,19 @@ fn rewind(name: &str, cold_check: bool) {
         p.pgdata.join("backup_label").exists(),
         "pg_rewind left no backup_label"
     );
-    let kept = map_files(&p.pgdata);
+    assert_eq!(
+        map_files(&p.pgdata),
+        vec!["ptrack.map".to_string()],
+        "pg_rewind must keep the target's map (and only it) for ptrack to discard"
+    );
+    let kept = map_header(&p.pgdata).expect("the kept map");
+    assert_eq!(
+        kept, old_map,
+        "pg_rewind changed the target's map instead of leaving it alone"
+    );
     let log = start_logged(&mut p);
-    if kept.iter().any(|f| f == "ptrack.map") {
-        let w = expect_warning(&log, &["discard"], "rewound primary");
-        eprintln!("rewound primary: {w}");
-    } else {
-        expect_warning(&log, &["not found"], "rewound primary");
-    }
+    let w = expect_warning(&log, &["discard"], "rewound primary");
+    eprintln!("rewound primary: {w}");
     assert!(p.is_in_recovery(), "the rewound primary is not a standby");
 
     // Let the new primary's WAL pass L, so that L is a valid start LSN on the
@@ -206,6 +209,11 @@ fn rewind(name: &str, cold_check: bool) {
     assert!(
         init > common_lsn,
         "init LSN {init} not after the shared history {common_lsn}"
+    );
+    assert!(
+        init > l,
+        "init LSN {init} not above the old primary's last checkpoint REDO {l}: changes \
+         pg_rewind made offline could be missed for it"
     );
     assert_reports_all(
         &p.pagemapset(common_lsn),
