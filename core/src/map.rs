@@ -29,6 +29,12 @@ pub struct MapState {
     /// used before the map was started, possibly on another timeline (after
     /// pg_rewind, replay starts below LSNs the old primary had reached).
     init_floor: AtomicU64,
+    /// WAL mode: every record ending at or before this LSN has been marked.
+    /// 0 in hook mode and before the WAL follower starts.
+    wal_tracked_through: AtomicU64,
+    /// WAL mode: the WAL end the follower last read up to; every record that
+    /// ends at or before it has been marked.
+    wal_read_to: AtomicU64,
 }
 
 /// A view of a map: its state and its slots, wherever they live.
@@ -194,6 +200,8 @@ impl<'a> LsnMap<'a> {
         self.load(Lsn::INVALID, std::iter::repeat(0));
         self.state.flushed_redo.store(0, Ordering::Release);
         self.state.init_floor.store(0, Ordering::Release);
+        self.state.wal_tracked_through.store(0, Ordering::Release);
+        self.state.wal_read_to.store(0, Ordering::Release);
     }
 
     /// A new map's init LSN will be above `floor`: every LSN up to it may have
@@ -210,6 +218,27 @@ impl<'a> LsnMap<'a> {
 
     pub fn set_flushed_redo(&self, redo: Lsn) {
         self.state.flushed_redo.store(redo.0, Ordering::Release);
+    }
+
+    /// WAL mode: how far the WAL has been read into the map.
+    pub fn wal_tracked_through(&self) -> Lsn {
+        Lsn(self.state.wal_tracked_through.load(Ordering::Acquire))
+    }
+
+    /// Release ordering: the marks of every record up to `lsn` are visible to
+    /// whoever reads the new position.
+    pub fn set_wal_tracked_through(&self, lsn: Lsn) {
+        self.state.wal_tracked_through.store(lsn.0, Ordering::Release);
+    }
+
+    /// WAL mode: the WAL end up to which every record is in the map.
+    pub fn wal_read_to(&self) -> Lsn {
+        Lsn(self.state.wal_read_to.load(Ordering::Acquire))
+    }
+
+    /// Release ordering, as [`LsnMap::set_wal_tracked_through`].
+    pub fn set_wal_read_to(&self, lsn: Lsn) {
+        self.state.wal_read_to.store(lsn.0, Ordering::Release);
     }
 }
 

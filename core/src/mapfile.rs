@@ -12,7 +12,8 @@
 //! | 32 | 8 | init LSN |
 //! | 40 | 8 | REDO LSN of the checkpoint whose end wrote the file |
 //! | 48 | 4 | data checksum version in `pg_control` when written |
-//! | 52 | 12 | zero |
+//! | 52 | 4 | zero |
+//! | 56 | 8 | WAL mode: end of the last WAL record marked; hook mode: 0 |
 //! | 64 | 8 × slot count | slots |
 //! | end − 8 | 4 | CRC-32 of every byte before it |
 //! | end − 4 | 4 | zero |
@@ -50,6 +51,22 @@ pub struct MapFileMeta {
     /// `pg_control`'s data checksum version: `pg_checksums --enable/--disable`
     /// rewrite every page offline, without a checkpoint and without ptrack.
     pub data_checksum_version: u32,
+    /// WAL mode: every record ending at or before this LSN is in the map, and
+    /// the WAL follower resumes here. `Lsn::INVALID` for a map written in hook
+    /// mode, whose completeness rests on `checkpoint_redo` instead.
+    pub wal_tracked_through: Lsn,
+}
+
+/// How the map learns of changes, which decides when a map file is complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackingMode {
+    /// The core patch's hooks mark writes; a file written at the latest
+    /// checkpoint misses nothing that redo does not replay.
+    Hooks,
+    /// A WAL follower marks every block the WAL references; a file misses
+    /// nothing before its `wal_tracked_through`, and the follower reads the
+    /// rest from the WAL (whether that WAL still exists is the caller's check).
+    Wal,
 }
 
 /// What the running server expects of a file before it trusts it.
@@ -66,6 +83,7 @@ pub struct Expectation {
     /// file-system backup or rewound by `pg_rewind`, and either may have
     /// replaced blocks behind ptrack's back.
     pub backup_label_present: bool,
+    pub mode: TrackingMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +117,11 @@ pub enum MapFileError {
          checkpoint has REDO {control_redo}: writes after it were not tracked"
     )]
     Stale { map_redo: Lsn, control_redo: Lsn },
+    #[error("it was written in {found:?} mode and the server now tracks in {expected:?} mode")]
+    OtherMode {
+        found: TrackingMode,
+        expected: TrackingMode,
+    },
 }
 
 pub fn file_len(slot_count: u64) -> u64 {
@@ -115,6 +138,7 @@ fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
     header[32..40].copy_from_slice(&meta.init_lsn.0.to_le_bytes());
     header[40..48].copy_from_slice(&meta.checkpoint_redo.0.to_le_bytes());
     header[48..52].copy_from_slice(&meta.data_checksum_version.to_le_bytes());
+    header[56..64].copy_from_slice(&meta.wal_tracked_through.0.to_le_bytes());
     header
 }
 
@@ -294,7 +318,7 @@ pub fn verify<B: AsRef<[u8]>>(
     if header_len as usize != HEADER_LEN {
         return Err(MapFileError::BadHeaderLength { found: header_len });
     }
-    if data[52..HEADER_LEN]
+    if data[52..56]
         .iter()
         .chain(&data[crc_at + 4..])
         .any(|&b| b != 0)
@@ -307,6 +331,7 @@ pub fn verify<B: AsRef<[u8]>>(
         init_lsn: Lsn(u64_at(data, 32)),
         checkpoint_redo: Lsn(u64_at(data, 40)),
         data_checksum_version: u32_at(data, 48),
+        wal_tracked_through: Lsn(u64_at(data, 56)),
     };
     if meta.system_identifier != expect.system_identifier {
         return Err(MapFileError::ForeignCluster {
@@ -323,7 +348,18 @@ pub fn verify<B: AsRef<[u8]>>(
     if data.len() as u64 != expected_len {
         return Err(wrong_length());
     }
-    if meta.checkpoint_redo < expect.latest_checkpoint_redo {
+    let found_mode = if meta.wal_tracked_through.is_valid() {
+        TrackingMode::Wal
+    } else {
+        TrackingMode::Hooks
+    };
+    if found_mode != expect.mode {
+        return Err(MapFileError::OtherMode {
+            found: found_mode,
+            expected: expect.mode,
+        });
+    }
+    if expect.mode == TrackingMode::Hooks && meta.checkpoint_redo < expect.latest_checkpoint_redo {
         return Err(MapFileError::Stale {
             map_redo: meta.checkpoint_redo,
             control_redo: expect.latest_checkpoint_redo,
@@ -342,7 +378,7 @@ pub fn verify<B: AsRef<[u8]>>(
 }
 
 /// The highest LSN an intact map file (CRC, magic and version good) records —
-/// its init LSN, checkpoint REDO and largest slot — even when it fails the
+/// its init LSN, checkpoint REDO, WAL position and largest slot — even when it fails the
 /// other checks (stale, restored, rewound). A map that replaces it must start
 /// above this. `None` for a damaged file, whose numbers mean nothing.
 pub fn highest_lsn_recorded(bytes: &[u8]) -> Option<Lsn> {
@@ -360,7 +396,7 @@ pub fn highest_lsn_recorded(bytes: &[u8]) -> Option<Lsn> {
         .chunks_exact(8)
         .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
     let highest = slots
-        .chain([u64_at(bytes, 32), u64_at(bytes, 40)])
+        .chain([u64_at(bytes, 32), u64_at(bytes, 40), u64_at(bytes, 56)])
         .max()
         .unwrap_or(0);
     Some(Lsn(highest))
@@ -408,6 +444,7 @@ mod tests {
             init_lsn: Lsn(0x100),
             checkpoint_redo: Lsn(0x5000),
             data_checksum_version: 1,
+            wal_tracked_through: Lsn::INVALID,
         }
     }
 
@@ -418,6 +455,7 @@ mod tests {
             latest_checkpoint_redo: Lsn(0x5000),
             data_checksum_version: 1,
             backup_label_present: false,
+            mode: TrackingMode::Hooks,
         }
     }
 
@@ -539,6 +577,56 @@ mod tests {
         check(longer, "longer", |e| {
             matches!(e, MapFileError::WrongLength { .. })
         });
+    }
+
+    #[test]
+    fn a_wal_mode_map_is_judged_by_its_wal_position_not_by_checkpoints() {
+        let wal_meta = MapFileMeta {
+            wal_tracked_through: Lsn(0x3000),
+            ..meta(3)
+        };
+        let mut bytes = Vec::new();
+        write_map(&mut bytes, &wal_meta, &slots(&[1, 2, 3])).unwrap();
+        let wal_expect = Expectation {
+            mode: TrackingMode::Wal,
+            // Checkpoints ran since the file was written: harmless in WAL mode,
+            // the follower reads their WAL.
+            latest_checkpoint_redo: Lsn(0x9000),
+            ..expect(3)
+        };
+        let verified = verify(&bytes, &wal_expect).unwrap();
+        assert_eq!(verified.meta().wal_tracked_through, Lsn(0x3000));
+        assert_eq!(*verified.meta(), wal_meta);
+        assert!(matches!(
+            verify(&bytes, &expect(3)),
+            Err(MapFileError::OtherMode {
+                found: TrackingMode::Wal,
+                expected: TrackingMode::Hooks
+            })
+        ));
+        assert!(matches!(
+            verify(image(&[1, 2, 3]), &wal_expect),
+            Err(MapFileError::OtherMode {
+                found: TrackingMode::Hooks,
+                expected: TrackingMode::Wal
+            })
+        ));
+        // The other checks still apply.
+        assert!(matches!(
+            verify(
+                &bytes,
+                &Expectation {
+                    backup_label_present: true,
+                    ..wal_expect
+                }
+            ),
+            Err(MapFileError::RestoredOrRewound)
+        ));
+        assert_eq!(highest_lsn_recorded(&bytes), Some(Lsn(0x5000)));
+        let mut ahead = bytes.clone();
+        ahead[56..64].copy_from_slice(&0x7777u64.to_le_bytes());
+        reseal(&mut ahead);
+        assert_eq!(highest_lsn_recorded(&ahead), Some(Lsn(0x7777)));
     }
 
     #[test]
