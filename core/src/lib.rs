@@ -8,6 +8,7 @@
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
 //! * [`relfile`]: relation file names and data-directory paths.
 //! * [`walk`]: the data-directory walk that turns the map into per-segment page maps.
+//! * [`wal`]: the WAL decoder that lets a tracker follow an unpatched server's WAL.
 //!
 //! The extension (the crate one directory up) is a thin pgrx shell around these.
 
@@ -17,6 +18,7 @@ pub mod lsn;
 pub mod map;
 pub mod mapfile;
 pub mod relfile;
+pub mod wal;
 pub mod walk;
 
 pub use block::{BlockKey, Fork, RelFileKey};

@@ -1,0 +1,138 @@
+//! What a record changes on disk, for the change map. The module
+//! documentation of [`crate::wal`] explains why block references and
+//! file-copying database creation are all a change map needs.
+
+use super::record::DecodedRecord;
+use super::{info, rmgr};
+use crate::block::{BlockKey, Fork, RelFileKey};
+
+/// What a record changes on disk, for the change map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordEffect {
+    /// One block changed.
+    Block(BlockKey),
+    /// A whole database directory was created by copying files
+    /// (`XLOG_DBASE_CREATE_FILE_COPY`: `CREATE DATABASE … STRATEGY file_copy`
+    /// and `ALTER DATABASE … SET TABLESPACE`): the caller marks every block
+    /// of every file in it ([`crate::walk::mark_copied_directory`]).
+    CopiedDatabase { tablespace: u32, database: u32 },
+}
+
+/// `xl_dbase_create_file_copy_rec`: `db_id`, `tablespace_id`, `src_db_id`,
+/// `src_tablespace_id`, four `Oid`s; the same in 15 to 18
+/// (`dbcommands_xlog.h`).
+const DBASE_CREATE_FILE_COPY_SIZE: usize = 16;
+
+fn is_file_copy_database_creation(record: &DecodedRecord) -> bool {
+    record.rmgr == rmgr::DATABASE && record.rmgr_info() == info::DBASE_CREATE_FILE_COPY
+}
+
+/// `xl_smgr_truncate`: `blkno` u32, the `RelFileLocator` (three `Oid`s),
+/// `flags` int; the same in 15 to 18 (`storage_xlog.h`).
+const SMGR_TRUNCATE_SIZE: usize = 20;
+
+fn is_truncation(record: &DecodedRecord) -> bool {
+    record.rmgr == rmgr::STORAGE && record.rmgr_info() == info::SMGR_TRUNCATE
+}
+
+/// A relation cut short by `XLOG_SMGR_TRUNCATE` (VACUUM returning empty
+/// trailing pages, and the truncation of relations created in the same
+/// transaction). Not a [`RecordEffect`]: no block changes content, but
+/// blocks the relation later grows back by may never be WAL-logged (see the
+/// [`crate::wal`] module documentation), so a tracker may want to treat
+/// everything past `blocks` specially.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Truncation {
+    /// The relation's main fork.
+    pub relation: RelFileKey,
+    /// The block count the main fork is cut to (when `flags` has
+    /// [`Truncation::MAIN_FORK`]).
+    pub blocks: u32,
+    /// Which forks were cut: [`Truncation::MAIN_FORK`],
+    /// [`Truncation::VISIBILITY_MAP`], [`Truncation::FREE_SPACE_MAP`].
+    pub flags: u32,
+}
+
+impl Truncation {
+    /// `SMGR_TRUNCATE_HEAP`.
+    pub const MAIN_FORK: u32 = 0x1;
+    /// `SMGR_TRUNCATE_VM`: cut to what covers `blocks` heap blocks.
+    pub const VISIBILITY_MAP: u32 = 0x2;
+    /// `SMGR_TRUNCATE_FSM`.
+    pub const FREE_SPACE_MAP: u32 = 0x4;
+}
+
+/// The truncation an `XLOG_SMGR_TRUNCATE` record describes.
+pub fn record_truncation(record: &DecodedRecord) -> Option<Truncation> {
+    if !is_truncation(record) {
+        return None;
+    }
+    let fields = record.main_data.get(..SMGR_TRUNCATE_SIZE)?;
+    let field = |index: usize| {
+        u32::from_le_bytes(
+            fields[index * 4..index * 4 + 4]
+                .try_into()
+                .expect("4 bytes"),
+        )
+    };
+    Some(Truncation {
+        relation: RelFileKey {
+            tablespace: field(1),
+            database: field(2),
+            relfilenode: field(3),
+            fork: Fork::Main,
+        },
+        blocks: field(0),
+        flags: field(4),
+    })
+}
+
+/// Every block reference, of every fork (the caller decides about the free
+/// space and visibility maps), then the copied database directory of a
+/// file-copying `CREATE DATABASE`.
+pub fn record_effects(record: &DecodedRecord) -> Vec<RecordEffect> {
+    let mut effects: Vec<RecordEffect> = record
+        .blocks
+        .iter()
+        .map(|block| RecordEffect::Block(block.file.block(block.block)))
+        .collect();
+    if is_file_copy_database_creation(record) {
+        // The reader refuses a shorter payload (check_payload), so this
+        // always matches for records it returned.
+        if let Some(fields) = record.main_data.get(..DBASE_CREATE_FILE_COPY_SIZE) {
+            let oid = |index: usize| {
+                u32::from_le_bytes(
+                    fields[index * 4..index * 4 + 4]
+                        .try_into()
+                        .expect("4 bytes"),
+                )
+            };
+            effects.push(RecordEffect::CopiedDatabase {
+                tablespace: oid(1),
+                database: oid(0),
+            });
+        }
+    }
+    effects
+}
+
+/// Refuses records whose effects could not be read in full, so that
+/// [`record_effects`] and [`record_truncation`] never silently miss one.
+pub(crate) fn check_payload(record: &DecodedRecord) -> Result<(), String> {
+    let expected = if is_file_copy_database_creation(record) {
+        DBASE_CREATE_FILE_COPY_SIZE
+    } else if is_truncation(record) {
+        SMGR_TRUNCATE_SIZE
+    } else {
+        return Ok(());
+    };
+    if record.main_data.len() < expected {
+        return Err(format!(
+            "rmgr {} info {:02X} with {} bytes of main data, {expected} expected",
+            record.rmgr,
+            record.info,
+            record.main_data.len()
+        ));
+    }
+    Ok(())
+}
