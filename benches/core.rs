@@ -1,6 +1,7 @@
 //! Micro-benchmarks of ptrack's pure core: the hot path (marking), the
-//! backup-side path (lookups and the per-segment walk), and the checkpoint
-//! path (map flush with CRC, map verification at start).
+//! backup-side path (lookups and the per-segment walk), the checkpoint path
+//! (map flush with CRC, map verification at start), and the WAL decoder a
+//! tracker following an unpatched server's WAL runs on every record.
 //!
 //! `cargo bench -p ptrack-core --bench core`; results are summarised in
 //! benches/README.md.
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ptrack_core::mapfile::{self, Expectation, MapFileMeta};
+use ptrack_core::mapfile::{self, Expectation, MapFileMeta, TrackingMode};
+use ptrack_core::wal::{record_effects, SegmentDirSource, WalFormat, WalReader};
 use ptrack_core::walk::{self, Layout};
 use ptrack_core::{Fork, Lsn, OwnedLsnMap, RelFileKey};
 
@@ -110,6 +112,7 @@ fn flush_and_verify(c: &mut Criterion) {
         init_lsn: Lsn(1),
         checkpoint_redo: Lsn(1),
         data_checksum_version: 1,
+        wal_tracked_through: Lsn::INVALID,
     };
     let mut group = c.benchmark_group("map file");
     group.throughput(Throughput::Bytes((megabytes * MB) as u64));
@@ -125,6 +128,7 @@ fn flush_and_verify(c: &mut Criterion) {
         latest_checkpoint_redo: Lsn(1),
         data_checksum_version: 1,
         backup_label_present: false,
+        mode: TrackingMode::Hooks,
     };
     let target = map_of(megabytes);
     group.bench_function(format!("verify and load, {megabytes} MB map"), |b| {
@@ -213,5 +217,54 @@ fn pagemapset_walk(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, marking, lookups, flush_and_verify, pagemapset_walk);
+/// Decoding real WAL (the PostgreSQL 17 fixture: uncompressed full-page
+/// images, heap and index records) and listing each record's effects, per
+/// byte of WAL read. The segment files come from the page cache.
+fn wal_decode(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal/pg17");
+    let conf = fs::read_to_string(dir.join("fixture.conf")).unwrap();
+    let setting = |key: &str| {
+        conf.lines()
+            .filter_map(|line| line.split_once(" = "))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+            .unwrap()
+    };
+    let segment_size: u64 = setting("segment_size").parse().unwrap();
+    let format = WalFormat::for_major(setting("major").parse().unwrap(), segment_size).unwrap();
+    let (start, end): (Lsn, Lsn) = (
+        setting("start").parse().unwrap(),
+        setting("end").parse().unwrap(),
+    );
+    let wal_bytes: u64 = fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().len() == 24)
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    let mut group = c.benchmark_group("wal_decode");
+    group.throughput(Throughput::Bytes(wal_bytes));
+    group.bench_function("PostgreSQL 17 fixture, records and effects", |b| {
+        b.iter(|| {
+            let source = SegmentDirSource::new(dir.clone(), format, 1);
+            let mut reader = WalReader::find_first_record_from(source, format, start, end).unwrap();
+            let mut effects = 0usize;
+            while let Some(record) = reader.next_record(end).unwrap() {
+                effects += record_effects(&record).len();
+            }
+            assert!(effects > 0);
+            black_box(effects)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    marking,
+    lookups,
+    flush_and_verify,
+    pagemapset_walk,
+    wal_decode
+);
 criterion_main!(benches);
