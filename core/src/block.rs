@@ -104,6 +104,25 @@ impl BlockHasher {
     }
 }
 
+/// Salt of the keys that record where a relation fork was cut short or
+/// created ([`crate::LsnMap::mark_cut`]): a different key space from blocks.
+const CUT_SALT: u64 = 0x6375_745f_6c69_6d74; // "cut_limt"
+
+impl BlockHasher {
+    /// The key of the dyadic range `[index << level, (index + 1) << level)` of
+    /// block numbers, for cut marks. It can equal a block's hash only by
+    /// chance, which costs a false positive and nothing else.
+    #[inline]
+    pub fn cut_range_hash(&self, level: u32, index: u64) -> u64 {
+        avalanche(
+            self.prefix
+                ^ CUT_SALT.rotate_left(level)
+                ^ index.wrapping_mul(BLOCK_MULTIPLIER)
+                ^ u64::from(level),
+        )
+    }
+}
+
 impl BlockKey {
     #[inline]
     pub fn hash(&self) -> u64 {

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::block::{slot_pair, BlockHasher, BlockKey, RelFileKey};
 use crate::lsn::Lsn;
 
+/// Levels of dyadic ranges over 32-bit block numbers, the whole space last.
+const CUT_LEVELS: u32 = 32;
+
 /// The part of the shared map that is not slots.
 ///
 /// It sits at the start of the shared memory region, followed by the slots.
@@ -105,13 +108,7 @@ impl<'a> LsnMap<'a> {
     /// it runs inside PostgreSQL's critical sections.
     #[inline]
     pub fn mark(&self, key: &BlockKey, lsn: Lsn) {
-        let (first, second) = slot_pair(key.hash(), self.slots.len());
-        // `slot_pair` returns indexes below `slots.len()`; `get` keeps this path
-        // free of a bounds-check panic all the same.
-        if let (Some(first), Some(second)) = (self.slots.get(first), self.slots.get(second)) {
-            raise(first, lsn.0);
-            raise(second, lsn.0);
-        }
+        self.raise_slots(key.hash(), lsn);
         if self.state.init_lsn.load(Ordering::Relaxed) == 0 {
             self.start_tracking_at(lsn);
         }
@@ -156,9 +153,7 @@ impl<'a> LsnMap<'a> {
     /// Whether `key` may have been written at or after `since`.
     #[inline]
     pub fn changed_since(&self, key: &BlockKey, since: Lsn) -> bool {
-        key.file.fork.always_reported_in_full()
-            || !self.covers(since)
-            || self.slots_reach(key.hash(), since.0)
+        self.file_query(&key.file, since).changed(key.block)
     }
 
     /// Both slots of `hash` are at least `since`; the second is loaded only
@@ -178,11 +173,72 @@ impl<'a> LsnMap<'a> {
     /// the per-file work done once.
     pub fn file_query(&self, file: &RelFileKey, since: Lsn) -> FileQuery<'a> {
         let everything = file.fork.always_reported_in_full() || !self.covers(since);
+        let hasher = file.hasher();
+        let cut_from = if everything {
+            None
+        } else {
+            self.lowest_cut_since(&hasher, since.0)
+        };
         FileQuery {
             map: *self,
-            hasher: file.hasher(),
+            hasher,
             since: since.0,
             everything,
+            cut_from: cut_from.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Records that `file` was cut to `length` blocks (or created, length 0)
+    /// at `lsn`: from then on every block at or past `length` counts as
+    /// changed, whatever the block marks say.
+    ///
+    /// For WAL mode: a relation grows by all-zero blocks that no WAL record
+    /// names, and where it grows back over a cut those block numbers held
+    /// other data in an earlier backup. PostgreSQL's incremental backup sends
+    /// everything past a relation's truncation point for the same reason.
+    ///
+    /// The cut is marked in every dyadic range of block numbers holding
+    /// `length` (33 keys), so [`LsnMap::file_query`] finds the lowest cut since
+    /// an LSN with one descent of at most 33 lookups.
+    pub fn mark_cut(&self, file: &RelFileKey, length: u32, lsn: Lsn) {
+        let hasher = file.hasher();
+        for level in 0..=CUT_LEVELS {
+            let hash = hasher.cut_range_hash(level, u64::from(length) >> level);
+            self.raise_slots(hash, lsn);
+        }
+    }
+
+    /// The lowest length a fork was cut to at or after `since`, if any. A
+    /// range marked whose halves are not (a collision) answers with its
+    /// start: lower than any true cut in it, so only more is reported.
+    fn lowest_cut_since(&self, hasher: &BlockHasher, since: u64) -> Option<u64> {
+        let marked =
+            |level: u32, index: u64| self.slots_reach(hasher.cut_range_hash(level, index), since);
+        if !marked(CUT_LEVELS, 0) {
+            return None;
+        }
+        let mut index = 0u64;
+        for level in (0..CUT_LEVELS).rev() {
+            let left = index * 2;
+            index = if marked(level, left) {
+                left
+            } else if marked(level, left + 1) {
+                left + 1
+            } else {
+                return Some(index << (level + 1));
+            };
+        }
+        Some(index)
+    }
+
+    /// `slot_pair` returns indexes below `slots.len()`; `get` keeps this path
+    /// free of a bounds-check panic all the same.
+    #[inline(always)]
+    fn raise_slots(&self, hash: u64, lsn: Lsn) {
+        let (first, second) = slot_pair(hash, self.slots.len());
+        if let (Some(first), Some(second)) = (self.slots.get(first), self.slots.get(second)) {
+            raise(first, lsn.0);
+            raise(second, lsn.0);
         }
     }
 
@@ -228,7 +284,9 @@ impl<'a> LsnMap<'a> {
     /// Release ordering: the marks of every record up to `lsn` are visible to
     /// whoever reads the new position.
     pub fn set_wal_tracked_through(&self, lsn: Lsn) {
-        self.state.wal_tracked_through.store(lsn.0, Ordering::Release);
+        self.state
+            .wal_tracked_through
+            .store(lsn.0, Ordering::Release);
     }
 
     /// WAL mode: the WAL end up to which every record is in the map.
@@ -249,12 +307,17 @@ pub struct FileQuery<'a> {
     hasher: BlockHasher,
     since: u64,
     everything: bool,
+    /// Blocks from here on count as changed: the fork was cut or created
+    /// since (`u64::MAX`: it was not).
+    cut_from: u64,
 }
 
 impl FileQuery<'_> {
     #[inline]
     pub fn changed(&self, block: u32) -> bool {
-        self.everything || self.map.slots_reach(self.hasher.hash(block), self.since)
+        self.everything
+            || u64::from(block) >= self.cut_from
+            || self.map.slots_reach(self.hasher.hash(block), self.since)
     }
 
     /// True when every block of the file is reported regardless of the slots.
@@ -318,6 +381,59 @@ mod tests {
             map.changed_since(&key(1, 2), Lsn(499)),
             "before init everything counts"
         );
+    }
+
+    #[test]
+    fn a_cut_reports_every_block_past_it_since_its_lsn() {
+        let owned = OwnedLsnMap::new(1 << 16);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(10));
+        let file = key(9, 0).file;
+        let other = key(10, 0).file;
+        map.mark_cut(&file, 1000, Lsn(500));
+        map.mark_cut(&file, 70, Lsn(300));
+        for (since, expect) in [
+            (Lsn(600), None),
+            (Lsn(400), Some(1000)),
+            (Lsn(200), Some(70)),
+        ] {
+            let query = map.file_query(&file, since);
+            let first_reported = (0..5000u32).find(|&b| query.changed(b));
+            assert_eq!(first_reported, expect, "since {since}");
+            if let Some(from) = expect {
+                assert!((from..5000).all(|b| query.changed(b)), "since {since}");
+            }
+        }
+        assert!(
+            !(0..5000).any(|b| map.file_query(&other, Lsn(200)).changed(b)),
+            "another relation's cut leaks into this one"
+        );
+        // The extremes of the block number space.
+        map.mark_cut(&other, 0, Lsn(700));
+        assert!(map.changed_since(&key(10, 0).file.block(0), Lsn(700)));
+        let edge = key(11, 0).file;
+        map.mark_cut(&edge, u32::MAX - 1, Lsn(800));
+        let query = map.file_query(&edge, Lsn(800));
+        assert!(query.changed(u32::MAX - 1) && query.changed(u32::MAX));
+        assert!(!query.changed(u32::MAX - 2));
+    }
+
+    proptest::proptest! {
+        /// For any set of cuts, a query reports from exactly the lowest cut
+        /// made at or after its LSN (a map this large has no collisions).
+        #[test]
+        fn the_lowest_cut_since_is_found(cuts in proptest::collection::vec((0u32..=u32::MAX, 1u64..1000), 1..8), since in 1u64..1000) {
+            let owned = OwnedLsnMap::new(1 << 20);
+            let map = owned.view();
+            map.start_tracking_at(Lsn(1));
+            let file = key(42, 0).file;
+            for &(length, lsn) in &cuts {
+                map.mark_cut(&file, length, Lsn(lsn));
+            }
+            let expected = cuts.iter().filter(|c| c.1 >= since).map(|c| c.0).min();
+            let query = map.file_query(&file, Lsn(since));
+            proptest::prop_assert_eq!(query.cut_from, expected.map_or(u64::MAX, u64::from));
+        }
     }
 
     #[test]

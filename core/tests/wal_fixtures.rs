@@ -279,9 +279,32 @@ fn check_fixture(name: &str) {
                     database: database.parse().unwrap(),
                 }
             });
+        // Cuts: "TRUNCATE <path> to N blocks flags F" (the main fork when
+        // F has SMGR_TRUNCATE_HEAP) and "CREATE <path>" (length 0).
+        let expected_cut = if let Some(text) = theirs.desc.strip_prefix("TRUNCATE ") {
+            let (path, rest) = text.split_once(" to ").unwrap();
+            let (blocks, flags) = rest.split_once(" blocks flags ").unwrap();
+            let flags: u32 = flags.trim().parse().unwrap();
+            (flags & Truncation::MAIN_FORK != 0).then(|| RecordEffect::Cut {
+                file: relation_of_path(path),
+                length: blocks.parse().unwrap(),
+            })
+        } else {
+            theirs
+                .desc
+                .strip_prefix("CREATE ")
+                .filter(|_| theirs.rmgr == "Storage")
+                .map(|path| RecordEffect::Cut {
+                    file: relation_of_path(path.trim()),
+                    length: 0,
+                })
+        };
         assert_eq!(
             effects[blocks.len()..].to_vec(),
-            expected_copy.into_iter().collect::<Vec<_>>(),
+            expected_copy
+                .into_iter()
+                .chain(expected_cut)
+                .collect::<Vec<_>>(),
             "{name}: {}",
             theirs.desc
         );
@@ -483,4 +506,29 @@ fn compare_with_waldump_from_environment() {
         dir.display(),
         records.len()
     );
+}
+
+/// A relation fork named by its path as `relpathperm` prints it:
+/// `base/D/R[_fork]`, `global/R[_fork]`, `pg_tblspc/S/<version>/D/R[_fork]`.
+fn relation_of_path(path: &str) -> RelFileKey {
+    let parts: Vec<&str> = path.split('/').collect();
+    let (tablespace, database) = match parts[0] {
+        "base" => (1663, parts[1].parse().unwrap()),
+        "global" => (1664, 0),
+        _ => (parts[1].parse().unwrap(), parts[3].parse().unwrap()),
+    };
+    let last = parts.last().unwrap();
+    let (relfilenode, fork) = match last.split_once('_') {
+        None => (*last, Fork::Main),
+        Some((node, "fsm")) => (node, Fork::FreeSpace),
+        Some((node, "vm")) => (node, Fork::Visibility),
+        Some((node, "init")) => (node, Fork::Init),
+        Some(_) => panic!("unknown fork in {path}"),
+    };
+    RelFileKey {
+        tablespace,
+        database,
+        relfilenode: relfilenode.parse().unwrap(),
+        fork,
+    }
 }

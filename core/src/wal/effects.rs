@@ -16,6 +16,12 @@ pub enum RecordEffect {
     /// and `ALTER DATABASE … SET TABLESPACE`): the caller marks every block
     /// of every file in it ([`crate::walk::mark_copied_directory`]).
     CopiedDatabase { tablespace: u32, database: u32 },
+    /// A relation fork was cut to `length` blocks (`XLOG_SMGR_TRUNCATE`) or
+    /// created empty (`XLOG_SMGR_CREATE`, length 0): blocks at or past
+    /// `length` may later come back as all-zero blocks no WAL record names,
+    /// over block numbers an earlier backup holds other data for. The caller
+    /// reports them all from now on ([`crate::LsnMap::mark_cut`]).
+    Cut { file: RelFileKey, length: u32 },
 }
 
 /// `xl_dbase_create_file_copy_rec`: `db_id`, `tablespace_id`, `src_db_id`,
@@ -30,6 +36,34 @@ fn is_file_copy_database_creation(record: &DecodedRecord) -> bool {
 /// `xl_smgr_truncate`: `blkno` u32, the `RelFileLocator` (three `Oid`s),
 /// `flags` int; the same in 15 to 18 (`storage_xlog.h`).
 const SMGR_TRUNCATE_SIZE: usize = 20;
+
+/// `xl_smgr_create`: a `RelFileLocator` (three `Oid`s) and a `ForkNumber`.
+const SMGR_CREATE_SIZE: usize = 16;
+
+fn is_creation(record: &DecodedRecord) -> bool {
+    record.rmgr == rmgr::STORAGE && record.rmgr_info() == info::SMGR_CREATE
+}
+
+/// The fork an `XLOG_SMGR_CREATE` record creates.
+fn record_creation(record: &DecodedRecord) -> Option<RelFileKey> {
+    if !is_creation(record) {
+        return None;
+    }
+    let fields = record.main_data.get(..SMGR_CREATE_SIZE)?;
+    let field = |index: usize| {
+        u32::from_le_bytes(
+            fields[index * 4..index * 4 + 4]
+                .try_into()
+                .expect("4 bytes"),
+        )
+    };
+    Some(RelFileKey {
+        tablespace: field(0),
+        database: field(1),
+        relfilenode: field(2),
+        fork: Fork::from_number(field(3) as i32)?,
+    })
+}
 
 fn is_truncation(record: &DecodedRecord) -> bool {
     record.rmgr == rmgr::STORAGE && record.rmgr_info() == info::SMGR_TRUNCATE
@@ -113,6 +147,17 @@ pub fn record_effects(record: &DecodedRecord) -> Vec<RecordEffect> {
             });
         }
     }
+    if let Some(cut) = record_truncation(record) {
+        if cut.flags & Truncation::MAIN_FORK != 0 {
+            effects.push(RecordEffect::Cut {
+                file: cut.relation,
+                length: cut.blocks,
+            });
+        }
+    }
+    if let Some(file) = record_creation(record) {
+        effects.push(RecordEffect::Cut { file, length: 0 });
+    }
     effects
 }
 
@@ -123,6 +168,8 @@ pub(crate) fn check_payload(record: &DecodedRecord) -> Result<(), String> {
         DBASE_CREATE_FILE_COPY_SIZE
     } else if is_truncation(record) {
         SMGR_TRUNCATE_SIZE
+    } else if is_creation(record) {
+        SMGR_CREATE_SIZE
     } else {
         return Ok(());
     };

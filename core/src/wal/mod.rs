@@ -38,25 +38,21 @@
 //!   only the directory; every page of every copied relation is then written
 //!   through shared buffers and WAL-logged as a full page image, with block
 //!   references.
-//! * `XLOG_SMGR_CREATE`: the new fork is empty; every block later written
-//!   into it is WAL-logged (`walsummarizer.c`: "the whole thing will be new").
-//! * `XLOG_SMGR_TRUNCATE`: it removes blocks; blocks that grow back are
-//!   WAL-logged when they get content.
 //! * `XLOG_DBASE_DROP`, `XLOG_TBLSPC_CREATE`, `XLOG_TBLSPC_DROP`, and the
 //!   relations a commit or abort record drops: files and directories appear
 //!   empty or disappear; no block of a surviving file changes.
 //!
-//! One gap remains with truncation (and, in theory, with a relation file
-//! name reused after OID wraparound, which PostgreSQL delays past the next
-//! checkpoint): a relation grows by blocks of zeros that are not WAL-logged
-//! (under contention several at a time, which the free space map then hands
-//! out), and a block that never gets content stays that way. Where the
-//! fork was cut short, an earlier backup may hold an old version of that
-//! block number, which an incremental restore would bring back.
-//! `walsummarizer.c` covers it with a "limit block" per fork: everything past
-//! the truncation point is sent whole. A map of changed blocks cannot express
-//! that by itself, so [`effects::record_truncation`] reports truncations for
-//! the tracker to handle (for instance by reporting the rest of the fork).
+//! Truncation and creation need more than their block references: a relation
+//! grows by blocks of zeros that are not WAL-logged (under contention several
+//! at a time, which the free space map then hands out), and a block that never
+//! gets content stays that way. Where a fork was cut short (`XLOG_SMGR_TRUNCATE`)
+//! or its file name reused (`XLOG_SMGR_CREATE`; PostgreSQL delays reuse past
+//! the next checkpoint, but an older backup may hold the old file), an earlier
+//! backup may hold an old version of such a block number, which an incremental
+//! restore would bring back. `walsummarizer.c` covers it with a "limit block"
+//! per fork: everything past the truncation point is sent whole. Both records
+//! become [`RecordEffect::Cut`], which the map records with
+//! [`crate::LsnMap::mark_cut`]: every block past the cut counts as changed.
 //!
 //! Changes that no record describes at all: hint bits (WAL-logged only with
 //! data checksums or `wal_log_hints`; they can be recomputed, and PostgreSQL's

@@ -772,8 +772,52 @@ fn truncations_are_reported() {
             flags: Truncation::MAIN_FORK | Truncation::VISIBILITY_MAP | Truncation::FREE_SPACE_MAP,
         })
     );
-    assert_eq!(record_effects(&records[0]), []);
+    assert_eq!(
+        record_effects(&records[0]),
+        [RecordEffect::Cut {
+            file: relation(16414, Fork::Main),
+            length: 3
+        }]
+    );
     assert_eq!(record_truncation(&records[1]), None);
+}
+
+#[test]
+fn truncations_of_the_maps_only_and_creations() {
+    let mut writer = WalWriter::new(BASE);
+    let mut maps_only = Vec::new();
+    for field in [3u32, 1663, 5, 16414, 2] {
+        maps_only.extend_from_slice(&field.to_le_bytes());
+    }
+    let first = writer.push(&RecordSpec {
+        rmgr: rmgr::STORAGE,
+        info: info::SMGR_TRUNCATE,
+        main_data: maps_only,
+        ..RecordSpec::default()
+    });
+    let mut create = Vec::new();
+    for field in [1663u32, 5, 16420, 3] {
+        create.extend_from_slice(&field.to_le_bytes());
+    }
+    writer.push(&RecordSpec {
+        rmgr: rmgr::STORAGE,
+        info: info::SMGR_CREATE,
+        main_data: create,
+        ..RecordSpec::default()
+    });
+    let records = read_all(&mut reader_at(&writer, first.start), writer.end()).unwrap();
+    assert_eq!(
+        record_effects(&records[0]),
+        [],
+        "the maps are reported whole anyway"
+    );
+    assert_eq!(
+        record_effects(&records[1]),
+        [RecordEffect::Cut {
+            file: relation(16420, Fork::Init),
+            length: 0
+        }]
+    );
 }
 
 #[test]
