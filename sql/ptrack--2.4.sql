@@ -39,8 +39,18 @@ END;
 COMMENT ON FUNCTION ptrack_get_change_stat(pg_lsn) IS
 'Files, pages and megabytes an incremental backup since start_lsn would copy.';
 
+CREATE FUNCTION ptrack_status()
+RETURNS TABLE (mode text, map_size_mb integer, init_lsn pg_lsn,
+               wal_tracked_through pg_lsn, wal_lag_bytes bigint)
+AS 'MODULE_PATHNAME'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION ptrack_status() IS
+'How ptrack tracks changes (mode hooks, wal or off), its map size and init LSN, and in WAL mode how far the WAL follower has read and how many bytes of WAL it has still to read.';
+
 -- Change maps reveal write activity: only roles granted EXECUTE may read them.
 REVOKE EXECUTE ON FUNCTION ptrack_version() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ptrack_init_lsn() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ptrack_get_pagemapset(pg_lsn) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ptrack_get_change_stat(pg_lsn) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ptrack_status() FROM PUBLIC;

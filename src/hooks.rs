@@ -172,6 +172,7 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
         init_lsn: map.init_lsn(),
         checkpoint_redo: redo,
         data_checksum_version: shmem::data_checksum_version(),
+        wal_tracked_through: map.wal_tracked_through(),
     };
     let pause = std::time::Duration::from_millis(crate::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
     let fail_after = crate::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;

@@ -193,3 +193,199 @@ impl CoreHooks {
         })
     }
 }
+
+// ---------------------------------------------------------------------------
+// WAL mode: where the WAL is, how far it may be read, and the slot that keeps it
+// ---------------------------------------------------------------------------
+
+/// The server's major version, as compiled into these bindings.
+pub fn major_version() -> u32 {
+    pg_sys::PG_VERSION_NUM / 10000
+}
+
+/// Bytes per WAL segment file, fixed at initdb.
+pub fn wal_segment_size() -> u64 {
+    // SAFETY: set from pg_control before libraries load, never changed after.
+    unsafe { pg_sys::wal_segment_size as u64 }
+}
+
+/// Whether the WAL holds what WAL mode needs: `wal_level` replica or logical
+/// (minimal skips the WAL of bulk loads and new relations).
+pub fn wal_level_is_replica_or_higher() -> bool {
+    // SAFETY: a postmaster-context setting, read after the configuration loaded.
+    unsafe { pg_sys::wal_level >= pg_sys::WalLevel::WAL_LEVEL_REPLICA as i32 }
+}
+
+pub fn max_replication_slots() -> i32 {
+    // SAFETY: as above.
+    unsafe { pg_sys::max_replication_slots }
+}
+
+/// Hint-bit changes reach the WAL (as full-page images) only with data
+/// checksums or `wal_log_hints`.
+pub fn hint_bits_are_wal_logged() -> bool {
+    // SAFETY: as above; `DataChecksumsEnabled` reads the control file copy in
+    // shared memory, set up before any worker starts.
+    unsafe { pg_sys::wal_log_hints || pg_sys::DataChecksumsEnabled() }
+}
+
+/// The highest LSN whose WAL is complete on disk, and its timeline: the
+/// replay position on a standby (the WAL it replayed is in `pg_wal`), the
+/// flush position on a primary.
+pub fn wal_readable_end() -> (Lsn, u32) {
+    // SAFETY: both read shared WAL state under its spinlocks.
+    unsafe {
+        if direct::RecoveryInProgress() {
+            let mut timeline = 0;
+            let lsn = pg_sys::GetXLogReplayRecPtr(&mut timeline);
+            (Lsn(lsn), timeline)
+        } else {
+            let lsn = pg_sys::GetFlushRecPtr(std::ptr::null_mut());
+            (Lsn(lsn), pg_sys::GetWALInsertionTimeLine())
+        }
+    }
+}
+
+/// The position every change made before this call has reached in the WAL
+/// on disk: on a primary the WAL inserted so far is flushed first (with
+/// `synchronous_commit = off` it may not be yet).
+pub fn wal_flushed_now() -> Lsn {
+    // SAFETY: `XLogFlush` may raise an ERROR on I/O failure, which pgrx's
+    // guard turns into a normal PostgreSQL error; called outside hooks only.
+    unsafe {
+        if !direct::RecoveryInProgress() {
+            pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr());
+        }
+    }
+    wal_readable_end().0
+}
+
+/// The WAL segment (numbered from 0 at LSN 0) holding `lsn`.
+pub fn wal_segment_of(lsn: Lsn) -> u64 {
+    lsn.0 / wal_segment_size()
+}
+
+/// Whether the WAL starting at `lsn` may have been removed already.
+pub fn wal_removed_at(lsn: Lsn) -> bool {
+    // SAFETY: reads XLogCtl->lastRemovedSegNo under its spinlock.
+    let last_removed = unsafe { pg_sys::XLogGetLastRemovedSegno() };
+    last_removed > 0 && wal_segment_of(lsn) <= last_removed
+}
+
+pub fn pg_wal_dir() -> PathBuf {
+    data_dir().join("pg_wal")
+}
+
+/// The physical replication slot that keeps the WAL the follower has not
+/// read yet, and that this process holds for as long as it lives.
+pub const FOLLOWER_SLOT_NAME: &CStr = c"ptrack";
+
+/// Acquires the follower's slot, creating it where it is missing and
+/// re-creating it where PostgreSQL invalidated it (`max_slot_wal_keep_size`).
+/// Returns true when an invalidated slot was replaced: WAL it held may be gone.
+/// On return the slot is this process's `MyReplicationSlot`; whether the WAL
+/// at a given LSN still exists is [`wal_removed_at`]'s question.
+pub fn acquire_follower_slot() -> bool {
+    // SAFETY: slot functions are called from a background worker with a
+    // PGPROC, as walsenders call them; errors unwind through pgrx's guard.
+    unsafe {
+        let existing = pg_sys::SearchNamedReplicationSlot(FOLLOWER_SLOT_NAME.as_ptr(), true);
+        if existing.is_null() {
+            create_slot();
+            return false;
+        }
+        acquire_slot();
+        if !follower_slot_invalidated() {
+            return false;
+        }
+        pg_sys::ReplicationSlotRelease();
+        pg_sys::ReplicationSlotDrop(FOLLOWER_SLOT_NAME.as_ptr(), true);
+        create_slot();
+        true
+    }
+}
+
+/// # Safety
+/// Slot functions' usual context; see [`acquire_follower_slot`].
+#[cfg(any(feature = "pg15", feature = "pg17"))]
+unsafe fn acquire_slot() {
+    unsafe { pg_sys::ReplicationSlotAcquire(FOLLOWER_SLOT_NAME.as_ptr(), true) }
+}
+/// # Safety
+/// Slot functions' usual context; see [`acquire_follower_slot`].
+#[cfg(feature = "pg18")]
+unsafe fn acquire_slot() {
+    unsafe { pg_sys::ReplicationSlotAcquire(FOLLOWER_SLOT_NAME.as_ptr(), true, false) }
+}
+
+/// # Safety
+/// Slot functions' usual context; see [`acquire_follower_slot`].
+#[cfg(feature = "pg15")]
+unsafe fn create_slot() {
+    let persistent = pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+    unsafe { pg_sys::ReplicationSlotCreate(FOLLOWER_SLOT_NAME.as_ptr(), false, persistent, false) }
+}
+/// # Safety
+/// Slot functions' usual context; see [`acquire_follower_slot`].
+#[cfg(not(feature = "pg15"))]
+unsafe fn create_slot() {
+    let persistent = pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+    unsafe {
+        pg_sys::ReplicationSlotCreate(
+            FOLLOWER_SLOT_NAME.as_ptr(),
+            false,
+            persistent,
+            false,
+            false,
+            false,
+        )
+    }
+}
+
+#[cfg(feature = "pg15")]
+fn slot_invalidated(slot: &pg_sys::ReplicationSlot) -> bool {
+    slot.data.invalidated_at != 0
+}
+#[cfg(not(feature = "pg15"))]
+fn slot_invalidated(slot: &pg_sys::ReplicationSlot) -> bool {
+    slot.data.invalidated != pg_sys::ReplicationSlotInvalidationCause::RS_INVAL_NONE
+}
+
+/// Whether PostgreSQL invalidated the follower's slot since it was acquired
+/// (`max_slot_wal_keep_size` exceeded): its WAL is no longer kept.
+pub fn follower_slot_invalidated() -> bool {
+    // SAFETY: `MyReplicationSlot` is ours while this process lives; the
+    // invalidation fields are read under the slot's spinlock.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() {
+            return true;
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let invalid = slot_invalidated(&*slot) || (*slot).data.restart_lsn == 0;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        invalid
+    }
+}
+
+/// Moves the follower's slot to `lsn` (backwards too, when a new map starts
+/// from an older LSN), and saves it to disk when `durable`: PostgreSQL then
+/// keeps the WAL from `lsn` on, across restarts.
+pub fn set_follower_slot_lsn(lsn: Lsn, durable: bool) {
+    // SAFETY: as in `follower_slot_invalidated`; `restart_lsn` is written under
+    // the slot's spinlock as PostgreSQL's own slot code does.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() {
+            return;
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        (*slot).data.restart_lsn = lsn.0;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+        if durable {
+            pg_sys::ReplicationSlotSave();
+        }
+    }
+}

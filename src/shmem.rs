@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use ptrack_core::live::{self, LiveHeader, LiveIdentity};
-use ptrack_core::mapfile::{self, Expectation, MapFileError, VerifiedMapFile};
+use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
 use ptrack_core::{Lsn, LsnMap};
 
 use crate::server;
@@ -274,8 +274,11 @@ fn start_in_live_file(region: *mut u8) {
         }
     };
     let file_redo = file.as_ref().map(|f| f.meta().checkpoint_redo);
+    // In WAL mode the follower reads again from the file's position whatever
+    // the live map holds beyond it: resuming would gain nothing.
+    let hook_mode = crate::active_mode() == Some(TrackingMode::Hooks);
     match header.resumable(&identity, file_redo) {
-        Ok(()) if identity.boot_id != [0; 16] => {
+        Ok(()) if hook_mode && identity.boot_id != [0; 16] => {
             map.set_flushed_redo(header.base_redo());
             log!(
                 "ptrack: resumed the live map: marks made since the checkpoint at REDO {} survived \
@@ -372,6 +375,7 @@ fn verified_map_file() -> MapFileVerdict {
         latest_checkpoint_redo: control.latest_checkpoint_redo,
         data_checksum_version: control.data_checksum_version,
         backup_label_present: server::data_dir().join("backup_label").exists(),
+        mode: crate::active_mode().unwrap_or(TrackingMode::Hooks),
     };
     let path = global.join(mapfile::MAP_FILE_NAME);
     match mapfile::open_verified(&path, &expect) {
@@ -401,6 +405,7 @@ fn verified_map_file() -> MapFileVerdict {
 fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
     map.load(file.meta().init_lsn, file.slots());
     map.set_flushed_redo(file.meta().checkpoint_redo);
+    map.set_wal_tracked_through(file.meta().wal_tracked_through);
     log!(
         "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, written at checkpoint REDO {}) into {}",
         mapfile::MAP_FILE_NAME,

@@ -4,10 +4,11 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
+use ptrack_core::mapfile::TrackingMode;
 use ptrack_core::Lsn;
 use ptrack_core::{walk, LsnMap};
 
-use crate::{raise, server, shmem, MAP_SIZE_MB};
+use crate::{follower, raise, server, shmem, MAP_SIZE_MB};
 
 /// Declares a version-1 C function: PostgreSQL looks up `pg_finfo_<name>`.
 macro_rules! function_info_v1 {
@@ -37,10 +38,20 @@ fn map_or_error() -> LsnMap<'static> {
     }
 }
 
-/// The map's init LSN, starting tracking now if no block was written since the
-/// map was (re)created: from this LSN on the map misses nothing.
+/// The map's init LSN: from this LSN on the map misses nothing of what was
+/// written before this call.
+///
+/// Hook mode starts tracking now if no block was written since the map was
+/// (re)created. WAL mode first waits for the follower to read the WAL written
+/// before this call; the follower set the init LSN when it started.
 fn init_lsn(map: &LsnMap<'_>) -> Lsn {
-    map.start_tracking_at(server::current_lsn())
+    match crate::active_mode() {
+        Some(TrackingMode::Wal) => {
+            follower::wait_until_read(map);
+            map.init_lsn()
+        }
+        _ => map.start_tracking_at(server::current_lsn()),
+    }
 }
 
 function_info_v1!(pg_finfo_ptrack_version);
@@ -82,6 +93,7 @@ pub unsafe extern "C-unwind" fn ptrack_get_pagemapset(
             "pass the start LSN of an earlier backup of this cluster",
         );
     }
+    // WAL mode: waits until the WAL written before this call is in the map.
     init_lsn(&map);
     let layout = server::layout();
     let data_dir = server::data_dir();
@@ -89,11 +101,7 @@ pub unsafe extern "C-unwind" fn ptrack_get_pagemapset(
         .unwrap_or_else(|error| error!("ptrack: cannot list the data directory: {error}"));
     // SAFETY: called as a set-returning function with a ReturnSetInfo that
     // accepts materialize mode, as the SQL declaration guarantees.
-    let (store, desc) = unsafe {
-        pg_sys::InitMaterializedSRF(fcinfo, 0);
-        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-        ((*rsinfo).setResult, (*rsinfo).setDesc)
-    };
+    unsafe { pg_sys::InitMaterializedSRF(fcinfo, 0) };
     for dir in dirs {
         pgrx::check_for_interrupts!();
         let files = walk::segment_files_in(&data_dir, &dir, &layout)
@@ -115,15 +123,78 @@ pub unsafe extern "C-unwind" fn ptrack_get_pagemapset(
                     .into_datum()
                     .unwrap_or(pg_sys::Datum::from(0)),
             ];
-            let mut nulls = [false; 3];
-            // SAFETY: `values` match the three-column result descriptor; the
-            // tuplestore copies them, after which the varlenas can be freed.
-            unsafe {
-                pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                pg_sys::pfree(values[0].cast_mut_ptr());
-                pg_sys::pfree(values[2].cast_mut_ptr());
+            // SAFETY: `values` match the three-column result descriptor.
+            unsafe { put_row(fcinfo, &mut values, &mut [false; 3], &[0, 2]) };
+        }
+    }
+    pg_sys::Datum::from(0)
+}
+
+/// Stores one row of `values` into a materialized set-returning function's
+/// result. Datums that are pointers (`by_reference`) are freed after the copy.
+///
+/// # Safety
+/// `fcinfo` is a set-returning call whose result descriptor has exactly
+/// `values.len()` columns of the datums' types, after `InitMaterializedSRF`.
+unsafe fn put_row(
+    fcinfo: pg_sys::FunctionCallInfo,
+    values: &mut [pg_sys::Datum],
+    nulls: &mut [bool],
+    by_reference: &[usize],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        pg_sys::tuplestore_putvalues(
+            (*rsinfo).setResult,
+            (*rsinfo).setDesc,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        for &column in by_reference {
+            if !nulls[column] {
+                pg_sys::pfree(values[column].cast_mut_ptr());
             }
         }
+    }
+}
+
+function_info_v1!(pg_finfo_ptrack_status);
+/// `ptrack_status() RETURNS TABLE (mode text, map_size_mb integer, init_lsn
+/// pg_lsn, wal_tracked_through pg_lsn, wal_lag_bytes bigint)`: how ptrack
+/// tracks and, in WAL mode, where the follower is. Never waits.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn ptrack_status(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let map = shmem::shared_map();
+    let mode = match (crate::active_mode(), map.is_some()) {
+        (Some(TrackingMode::Hooks), true) => "hooks",
+        (Some(TrackingMode::Wal), true) => "wal",
+        _ => "off",
+    };
+    let wal_map = map.filter(|_| mode == "wal");
+    let init = map.map(|m| m.init_lsn()).filter(|l| l.is_valid());
+    let lsn_datum = |lsn: Option<Lsn>| (pg_sys::Datum::from(lsn.map_or(0, |l| l.0)), lsn.is_none());
+    let (init_datum, init_null) = lsn_datum(init);
+    let (through_datum, through_null) = lsn_datum(
+        wal_map
+            .map(|m| m.wal_tracked_through())
+            .filter(|l| l.is_valid()),
+    );
+    let lag = wal_map.map(|m| follower::lag_bytes(&m) as i64);
+    let mut values = [
+        mode.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+        pg_sys::Datum::from(MAP_SIZE_MB.get()),
+        init_datum,
+        through_datum,
+        pg_sys::Datum::from(lag.unwrap_or(0)),
+    ];
+    let mut nulls = [false, false, init_null, through_null, lag.is_none()];
+    // SAFETY: declared in SQL as a set-returning function of these five
+    // columns, called with a ReturnSetInfo that accepts materialize mode.
+    unsafe {
+        pg_sys::InitMaterializedSRF(fcinfo, 0);
+        put_row(fcinfo, &mut values, &mut nulls, &[0]);
     }
     pg_sys::Datum::from(0)
 }
