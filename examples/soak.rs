@@ -593,7 +593,9 @@ impl Soak {
                 .iter()
                 .flat_map(|f| &f.false_negatives)
                 .filter(|(_, why)| {
-                    *why == checker::NOT_WAL_LOGGED || *why == checker::ZERO_EXTENSION
+                    *why == checker::NOT_WAL_LOGGED
+                        || *why == checker::SPGIST_META_CACHE
+                        || *why == checker::ZERO_EXTENSION
                 })
                 .count() as u64;
         }

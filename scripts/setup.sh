@@ -8,6 +8,8 @@
 #   prefix=$(scripts/setup.sh | tail -n1)
 #
 # Environment: PTRACK_PG_MAJOR (default 17), plus build-postgres.sh's.
+# PTRACK_PG_FLAVOR=debian uses Debian's own, unpatched packages of that major
+# (postgresql-15 on Debian 12) instead of building: ptrack then runs in WAL mode.
 set -euo pipefail
 exec 3>&1 1>&2
 
@@ -35,7 +37,22 @@ if ! id postgres >/dev/null 2>&1; then
 	useradd --system --user-group --create-home --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
-prefix=$("$repo/scripts/build-postgres.sh" "$major" | tail -n1)
+if [ "${PTRACK_PG_FLAVOR:-}" = debian ]; then
+	if ! dpkg-query -W -f='${Status}' "postgresql-server-dev-$major" 2>/dev/null | grep -q 'ok installed' ||
+		! dpkg-query -W -f='${Status}' "postgresql-$major" 2>/dev/null | grep -q 'ok installed'; then
+		log "installing Debian's postgresql-$major (no default cluster)"
+		install -d /etc/postgresql-common
+		grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
+			echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y --no-install-recommends "postgresql-$major" "postgresql-server-dev-$major" ||
+			{ apt-get update && apt-get install -y --no-install-recommends \
+				"postgresql-$major" "postgresql-server-dev-$major"; }
+	fi
+	prefix=/usr/lib/postgresql/$major
+else
+	prefix=$("$repo/scripts/build-postgres.sh" "$major" | tail -n1)
+fi
 log "PostgreSQL $major: $prefix"
 "$repo/scripts/install-extension.sh" "$prefix"
 printf '%s\n' "$prefix" >&3

@@ -11,8 +11,14 @@
 # segments, so relations span many segment files. The pure core's unit and
 # property tests run first.
 #
+# WAL mode: the cold-copy checks, the SQL API and the standby tests run on
+# Debian's own unpatched postgresql-15 (installed from apt; ptrack.mode auto
+# picks WAL mode there) and, with ptrack.mode = wal, on the patched 17. The
+# WAL follower's own tests (wal_mode.rs) are part of every whole-suite run.
+#
 # PTRACK_TEST_MAJORS="17" limits the majors; PTRACK_TEST_SEGSIZE=0 skips the
-# small-segment run; PTRACK_TEST_FILTER is a cargo test name filter.
+# small-segment run; PTRACK_TEST_WAL=0 skips the WAL-mode runs;
+# PTRACK_TEST_FILTER is a cargo test name filter.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -21,13 +27,13 @@ filter=(${PTRACK_TEST_FILTER:+"$PTRACK_TEST_FILTER"})
 
 cargo test --release -p ptrack-core
 
-# run_suite MAJOR FLAVOR CARGO-TEST-TARGETS...
+# run_suite MODE MAJOR FLAVOR CARGO-TEST-TARGETS...
 run_suite() {
-	local major=$1 flavor=$2 prefix
-	shift 2
-	echo "=== PostgreSQL $major ($flavor build, hook mode)"
+	local mode=$1 major=$2 flavor=$3 prefix
+	shift 3
+	echo "=== PostgreSQL $major ($flavor build, $mode mode)"
 	prefix=$(PTRACK_PG_MAJOR=$major PTRACK_PG_FLAVOR=$flavor "$repo/scripts/setup.sh" | tail -n1)
-	PTRACK_PG_PREFIX=$prefix \
+	PTRACK_TEST_MODE=$mode PTRACK_PG_PREFIX=$prefix \
 		PGRX_PG_CONFIG_PATH=$prefix/bin/pg_config \
 		CARGO_TARGET_DIR=$repo/target/$(basename "$prefix") \
 		cargo test --release -p ptrack --no-default-features --features "pg$major" "$@" \
@@ -35,8 +41,13 @@ run_suite() {
 }
 
 for major in $majors; do
-	run_suite "$major" test --tests
+	run_suite hooks "$major" test --tests
 done
 if [ "${PTRACK_TEST_SEGSIZE:-1}" = 1 ]; then
-	run_suite 17 segsize --test cold_copy --test sql_api
+	run_suite hooks 17 segsize --test cold_copy --test sql_api
+fi
+if [ "${PTRACK_TEST_WAL:-1}" = 1 ]; then
+	wal_tests=(--test cold_copy --test sql_api --test standby --test wal_mode)
+	run_suite wal 15 debian "${wal_tests[@]}"
+	run_suite wal 17 test "${wal_tests[@]}"
 fi

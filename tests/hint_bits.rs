@@ -321,7 +321,7 @@ fn spgist_metapage(crash: Crash, name: &str) {
                 // extended by (mdzeroextend is not WAL-logged either) and not
                 // yet written with content: all zeros, as a restore extends.
                 let allowed = |(block, why): &(u64, &str)| {
-                    (*block == 0 && *why == common::checker::NOT_WAL_LOGGED)
+                    (*block == 0 && *why == common::checker::SPGIST_META_CACHE)
                         || *why == common::checker::ZERO_EXTENSION
                 };
                 assert!(

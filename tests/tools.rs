@@ -113,9 +113,9 @@ fn pg_rewind_old_primary() {
 ///
 /// This needs the old primary's map: the new map's first marks come from the
 /// replay after the rewind, on the new primary's timeline, at LSNs that can be
-/// below L. The core patch makes pg_rewind keep the target's map (PostgreSQL
-/// >= 14 would delete it as an excluded file); the extension discards it and
-/// starts the new map above the highest LSN it records.
+/// below L. The core patch makes pg_rewind keep the target's map (from
+/// PostgreSQL 14 on it would delete it as an excluded file); the extension
+/// discards it and starts the new map above the highest LSN it records.
 #[test]
 fn pg_rewind_reports_what_the_rewind_changed() {
     rewind("rewind_strict", true);

@@ -127,6 +127,18 @@ pub fn pg_install() -> &'static PgInstall {
     })
 }
 
+/// The tracking mode under test, from `PTRACK_TEST_MODE`: `hooks` (the
+/// default, the patched server's hooks) or `wal` (the WAL follower; what an
+/// unpatched server gets). Clusters are configured with `ptrack.mode` set to it.
+pub fn tracking_mode() -> &'static str {
+    static MODE: OnceLock<&'static str> = OnceLock::new();
+    MODE.get_or_init(|| match std::env::var("PTRACK_TEST_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("hooks") => "hooks",
+        Ok("wal") => "wal",
+        Ok(other) => panic!("PTRACK_TEST_MODE={other}: expected hooks or wal"),
+    })
+}
+
 /// True when the tests run as root, so server-side programs must be started as
 /// the `postgres` OS user (PostgreSQL refuses to run as root).
 pub fn running_as_root() -> bool {
@@ -318,6 +330,7 @@ impl Cluster {
             ("max_wal_size", "'256MB'".to_string()),
             ("checkpoint_timeout", "'30s'".to_string()),
             ("logging_collector", "off".to_string()),
+            ("ptrack.mode", tracking_mode().to_string()),
         ] {
             cluster.settings.insert(k.to_string(), v);
         }

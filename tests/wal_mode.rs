@@ -1,0 +1,287 @@
+//! WAL mode (`ptrack.mode = wal`): the follower, its slot, its position, and
+//! what happens when it falls behind or loses its WAL. These tests force WAL
+//! mode, so they run on patched servers too; the cold-copy checks of
+//! `cold_copy.rs` run in WAL mode when `PTRACK_TEST_MODE=wal`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::faults::wait_for;
+use common::replica::{assert_reports_all, create_known_table, expect_warning};
+use common::{lsn, Cluster, Lsn, StopMode};
+
+fn wal_cluster(name: &str) -> Cluster {
+    let mut c = Cluster::new(name);
+    c.set_conf("ptrack.mode", "'wal'");
+    c.set_conf("autovacuum", "off");
+    c.set_conf("checkpoint_timeout", "'1h'");
+    c
+}
+
+/// `ptrack_status()`: (mode, init LSN, WAL position, lag).
+fn status(c: &Cluster) -> (String, Option<Lsn>, Option<Lsn>, Option<i64>) {
+    let rows = c.query_rows(
+        "SELECT mode, init_lsn, wal_tracked_through, wal_lag_bytes FROM ptrack_status()",
+    );
+    assert_eq!(
+        rows.len(),
+        1,
+        "ptrack_status() must return one row: {rows:?}"
+    );
+    let r = &rows[0];
+    let opt_lsn = |s: &str| (!s.is_empty()).then(|| lsn(s));
+    (
+        r[0].clone(),
+        opt_lsn(&r[1]),
+        opt_lsn(&r[2]),
+        (!r[3].is_empty()).then(|| r[3].parse().expect("lag")),
+    )
+}
+
+/// The follower announces itself, holds its slot, reads up to the WAL end,
+/// and the pagemapset covers a table written just before the question.
+#[test]
+fn follower_tracks_and_reports_its_position() {
+    let mut c = wal_cluster("wal_status");
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        log.contains("tracking changes in WAL mode"),
+        "the chosen mode is not logged at start:\n{log}"
+    );
+    let (path, blocks) = create_known_table(&c);
+    let before = c.wal_insert_lsn();
+    c.psql(
+        "CREATE TABLE fresh AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000) g;",
+    );
+    let fresh = c.query_one("SELECT pg_relation_filepath('fresh')");
+    let fresh_blocks: u64 = c
+        .query_one("SELECT pg_relation_size('fresh') / current_setting('block_size')::int")
+        .parse()
+        .expect("block count");
+    // No wait here: the function itself waits for the follower.
+    let set = c.pagemapset(before);
+    assert_reports_all(
+        &set,
+        &fresh,
+        fresh_blocks,
+        "a table written before the question",
+    );
+    assert!(
+        set.get(&path).is_none(),
+        "{path} ({blocks} blocks) was frozen and checkpointed before {before}, yet it is reported"
+    );
+
+    let (mode, init, through, lag) = status(&c);
+    assert_eq!(mode, "wal");
+    let init = init.expect("an init LSN once the follower runs");
+    assert!(
+        init <= before,
+        "init LSN {init} after the changes it should cover ({before})"
+    );
+    let through = through.expect("a WAL position in WAL mode");
+    assert!(
+        through >= before,
+        "the follower is at {through}, before {before}"
+    );
+    assert!(lag.expect("a lag in WAL mode") >= 0);
+    let slot = c.query_rows(
+        "SELECT slot_type, active, restart_lsn IS NOT NULL FROM pg_replication_slots \
+         WHERE slot_name = 'ptrack'",
+    );
+    assert_eq!(
+        slot,
+        vec![vec![
+            "physical".to_string(),
+            "t".to_string(),
+            "t".to_string()
+        ]],
+        "the follower must hold an active physical slot named ptrack"
+    );
+
+    // A clean restart resumes from the map file: same init LSN, still covered.
+    c.restart();
+    let (_, init_after, through_after, _) = status(&c);
+    assert_eq!(
+        init_after,
+        Some(init),
+        "the map was not kept across a clean restart"
+    );
+    assert!(through_after.expect("position") >= through);
+    assert_reports_all(
+        &c.pagemapset(before),
+        &fresh,
+        fresh_blocks,
+        "after a clean restart",
+    );
+    c.stop(StopMode::Fast);
+}
+
+/// A paused follower makes questions wait, and the wait ends in a clear
+/// error at `ptrack.wal_wait_timeout`, not in a wrong answer.
+#[test]
+fn questions_wait_for_the_follower_and_time_out_clearly() {
+    let mut c = wal_cluster("wal_wait");
+    c.start();
+    c.psql("CREATE EXTENSION ptrack; CREATE TABLE t (v int);");
+    let start = c.wal_insert_lsn();
+    c.set_sighup("ptrack.debug_follower_paused", "1");
+    // The follower reloads its configuration at its next loop.
+    std::thread::sleep(Duration::from_millis(500));
+    c.psql("INSERT INTO t SELECT generate_series(1, 100000);");
+    let err = c
+        .try_psql(&format!(
+            "SET ptrack.wal_wait_timeout = '300ms'; SELECT count(*) FROM ptrack_get_pagemapset('{start}');"
+        ))
+        .expect_err("a pagemapset while the follower is paused must not answer");
+    assert!(
+        err.contains("WAL follower") && err.contains("300 ms"),
+        "unclear timeout error: {err}"
+    );
+    c.reset_sighup("ptrack.debug_follower_paused");
+    let path = c.query_one("SELECT pg_relation_filepath('t')");
+    let blocks: u64 = c
+        .query_one("SELECT pg_relation_size('t') / current_setting('block_size')::int")
+        .parse()
+        .expect("block count");
+    assert_reports_all(
+        &c.pagemapset(start),
+        &path,
+        blocks,
+        "after the follower resumed",
+    );
+    c.stop(StopMode::Fast);
+}
+
+/// WAL the follower had not read is removed (its slot invalidated by
+/// `max_slot_wal_keep_size`): the map starts again with a WARNING and an init
+/// LSN past the loss, so the lost stretch is reported in full.
+#[test]
+fn lost_wal_restarts_the_map_with_a_warning() {
+    let mut c = wal_cluster("wal_lost");
+    c.set_conf("max_slot_wal_keep_size", "'32MB'");
+    c.set_conf("max_wal_size", "'64MB'");
+    c.set_conf("min_wal_size", "'32MB'");
+    c.start();
+    let (known, known_blocks) = create_known_table(&c);
+    let old_init = status(&c).1.expect("init LSN");
+    let before_loss = c.wal_insert_lsn();
+    c.set_sighup("ptrack.debug_follower_paused", "1");
+    std::thread::sleep(Duration::from_millis(500));
+    let mark = c.log_mark();
+    // Far more WAL than the slot may keep, and checkpoints to remove it.
+    for _ in 0..6 {
+        c.psql(
+            "CREATE TABLE filler AS SELECT g, repeat('f', 500) AS pad FROM generate_series(1, 30000) g;
+             DROP TABLE filler; CHECKPOINT;",
+        );
+    }
+    let invalidated =
+        c.query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'ptrack'");
+    assert_eq!(
+        invalidated, "lost",
+        "the slot was not invalidated; the test proves nothing"
+    );
+    c.reset_sighup("ptrack.debug_follower_paused");
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            status(&c).1.is_some_and(|init| init > before_loss)
+        }),
+        "the init LSN did not move past the lost WAL: {:?}\n{}",
+        status(&c),
+        c.log_tail(40)
+    );
+    let log = c.log_since(mark);
+    let warning = expect_warning(&log, &["removed"], "lost WAL");
+    eprintln!("lost WAL: {warning}");
+    let (_, init, _, _) = status(&c);
+    let init = init.expect("init LSN");
+    assert!(init > old_init);
+    // Before the new init LSN nothing is known: everything is reported.
+    assert_reports_all(
+        &c.pagemapset(before_loss),
+        &known,
+        known_blocks,
+        "before the loss",
+    );
+    // After it, tracking is selective again.
+    c.psql("CREATE TABLE after_loss AS SELECT generate_series(1, 1000) g; CHECKPOINT;");
+    let since = c.wal_insert_lsn();
+    assert!(since > init);
+    assert!(
+        c.pagemapset(since).get(&known).is_none(),
+        "{known} reported for an LSN after the new init LSN"
+    );
+    c.stop(StopMode::Fast);
+}
+
+/// A relation cut short by VACUUM and grown again by COPY, which extends by
+/// blocks of zeros no WAL record names (PostgreSQL 16 and later). The cut
+/// pages were emptied and vacuumed before the older copy (`vacuum_truncate`
+/// off kept them), so no record after L names them either: only the
+/// truncation record tells that every block past the cut is new, and an
+/// incremental restore that kept the old pages would differ from the server.
+#[test]
+fn a_truncated_relation_grown_back_by_zero_blocks_is_reported() {
+    let name = "wal_cut";
+    let mut c = wal_cluster(name);
+    c.start();
+    c.psql(
+        "CREATE EXTENSION ptrack;
+         CREATE TABLE cut (id int, pad text)
+             WITH (autovacuum_enabled = off, fillfactor = 10, vacuum_truncate = off);
+         INSERT INTO cut SELECT g, repeat('x', 400) FROM generate_series(1, 4000) g;
+         DELETE FROM cut;
+         VACUUM (FREEZE) cut;",
+    );
+    assert_ne!(
+        c.query_one("SELECT pg_relation_size('cut')"),
+        "0",
+        "VACUUM truncated the table already; the test proves nothing"
+    );
+    let path = c.query_one("SELECT pg_relation_filepath('cut')");
+    c.stop(StopMode::Fast);
+    let snap_a = c.base.join("snap_a");
+    c.snapshot(&snap_a);
+    let l = c.controldata_redo_lsn();
+    c.start();
+    c.psql("ALTER TABLE cut SET (vacuum_truncate = on); VACUUM cut;");
+    assert_eq!(
+        c.query_one("SELECT pg_relation_size('cut')"),
+        "0",
+        "VACUUM did not truncate the table; the test proves nothing"
+    );
+    c.psql("COPY cut (id) FROM PROGRAM 'seq 1 3000';");
+    c.stop(StopMode::Fast);
+    let snap_b = c.base.join("snap_b");
+    c.snapshot(&snap_b);
+    c.start();
+    let report = common::checker::compare(&snap_a, &snap_b, &c.pagemapset(l));
+    eprintln!("{}", report.summary(name));
+    let old = std::fs::read(snap_a.join(&path)).expect("older copy");
+    let new = std::fs::read(snap_b.join(&path)).expect("newer copy");
+    let zero_over_old = (0..new.len() / common::BLCKSZ)
+        .filter(|&b| {
+            let range = b * common::BLCKSZ..(b + 1) * common::BLCKSZ;
+            new[range.clone()].iter().all(|&x| x == 0)
+                && old.get(range).is_some_and(|p| p.iter().any(|&x| x != 0))
+        })
+        .count();
+    eprintln!("[{name}] zero blocks over old content: {zero_over_old}");
+    let major: u32 = c
+        .query_one("SHOW server_version_num")
+        .parse::<u32>()
+        .expect("version")
+        / 10000;
+    if major >= 16 {
+        assert!(
+            zero_over_old > 0,
+            "COPY left no zero block where the old table had rows; the test proves nothing"
+        );
+    }
+    // No exception here: these blocks are not of the kinds WAL mode may miss.
+    report.assert_no_false_negatives(name);
+    c.stop(StopMode::Fast);
+}
