@@ -354,7 +354,21 @@ struct MapFileVerdict {
 fn verified_map_file() -> MapFileVerdict {
     let verdict = |file, floor| MapFileVerdict { file, floor };
     let global = server::data_dir().join("global");
-    let _ = std::fs::remove_file(global.join(mapfile::TEMP_FILE_NAME));
+    let mode = crate::active_mode().unwrap_or(TrackingMode::Hooks);
+    let other_mode = match mode {
+        TrackingMode::Hooks => TrackingMode::Wal,
+        TrackingMode::Wal => TrackingMode::Hooks,
+    };
+    // A map of the other mode is of no use to this one (switching modes
+    // starts a new map); its LSNs are below pg_control's by now anyway.
+    for name in [
+        mode.temp_file_name(),
+        other_mode.map_file_name(),
+        other_mode.temp_file_name(),
+    ] {
+        let _ = std::fs::remove_file(global.join(name));
+    }
+    let name = mode.map_file_name();
     let control = match server::read_control_file() {
         Ok(control) => control,
         Err(error) => {
@@ -375,22 +389,20 @@ fn verified_map_file() -> MapFileVerdict {
         latest_checkpoint_redo: control.latest_checkpoint_redo,
         data_checksum_version: control.data_checksum_version,
         backup_label_present: server::data_dir().join("backup_label").exists(),
-        mode: crate::active_mode().unwrap_or(TrackingMode::Hooks),
+        mode,
     };
-    let path = global.join(mapfile::MAP_FILE_NAME);
+    let path = global.join(name);
     match mapfile::open_verified(&path, &expect) {
         Ok(file) => verdict(Some(file), control_floor),
         Err(MapFileError::Missing) => {
             warning!(
-                "ptrack: map file \"global/{}\" not found; starting a new map: changes before its init LSN are unknown",
-                mapfile::MAP_FILE_NAME
+                "ptrack: map file \"global/{name}\" not found; starting a new map: changes before its init LSN are unknown"
             );
             verdict(None, control_floor)
         }
         Err(error) => {
             warning!(
-                "ptrack: discarding map file \"global/{}\": {error}; starting a new map: changes before its init LSN are unknown",
-                mapfile::MAP_FILE_NAME
+                "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
             );
             // After pg_rewind or a restore, LSNs the old map saw may lie ahead
             // of everything this server will replay first.
@@ -406,12 +418,16 @@ fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
     map.load(file.meta().init_lsn, file.slots());
     map.set_flushed_redo(file.meta().checkpoint_redo);
     map.set_wal_tracked_through(file.meta().wal_tracked_through);
+    let meta = file.meta();
+    let position = match meta.mode() {
+        TrackingMode::Hooks => format!("written at checkpoint REDO {}", meta.checkpoint_redo),
+        TrackingMode::Wal => format!("WAL read up to {}", meta.wal_tracked_through),
+    };
     log!(
-        "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, written at checkpoint REDO {}) into {}",
-        mapfile::MAP_FILE_NAME,
+        "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, {position}) into {}",
+        meta.mode().map_file_name(),
         map.slot_count(),
-        file.meta().init_lsn,
-        file.meta().checkpoint_redo,
+        meta.init_lsn,
         backing()
     );
 }

@@ -35,8 +35,18 @@ pub const MAGIC: [u8; 8] = *b"PTRACKMP";
 pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const TRAILER_LEN: usize = 8;
+/// Hook mode's file, in `global/`, named as C ptrack names it: the core patch
+/// makes PostgreSQL's tools treat it specially.
 pub const MAP_FILE_NAME: &str = "ptrack.map";
 pub const TEMP_FILE_NAME: &str = "ptrack.map.tmp";
+/// WAL mode's file, in `global/`. Unpatched tools take any other file there
+/// for a relation file: `pg_basebackup` fails on its name ("invalid segment
+/// number") or reports checksum failures. Files named `pgsql_tmp*` are
+/// temporary files to them: `pg_basebackup` and `pg_checksums` skip them,
+/// `pg_rewind` neither copies nor keeps them, and the server removes them
+/// only from its temporary-file directories, never from `global/`.
+pub const WAL_MODE_MAP_FILE_NAME: &str = "pgsql_tmp_ptrack.map";
+pub const WAL_MODE_TEMP_FILE_NAME: &str = "pgsql_tmp_ptrack.map.tmp";
 /// Bytes written per chunk: large enough for full-speed I/O, small enough to
 /// stay in cache between the copy out of the map and the CRC.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -57,6 +67,17 @@ pub struct MapFileMeta {
     pub wal_tracked_through: Lsn,
 }
 
+impl MapFileMeta {
+    /// The mode that wrote the file: only WAL mode records a WAL position.
+    pub fn mode(&self) -> TrackingMode {
+        if self.wal_tracked_through.is_valid() {
+            TrackingMode::Wal
+        } else {
+            TrackingMode::Hooks
+        }
+    }
+}
+
 /// How the map learns of changes, which decides when a map file is complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackingMode {
@@ -67,6 +88,24 @@ pub enum TrackingMode {
     /// nothing before its `wal_tracked_through`, and the follower reads the
     /// rest from the WAL (whether that WAL still exists is the caller's check).
     Wal,
+}
+
+impl TrackingMode {
+    /// The map file's name in `global/`.
+    pub fn map_file_name(self) -> &'static str {
+        match self {
+            TrackingMode::Hooks => MAP_FILE_NAME,
+            TrackingMode::Wal => WAL_MODE_MAP_FILE_NAME,
+        }
+    }
+
+    /// The name it is written under before the rename.
+    pub fn temp_file_name(self) -> &'static str {
+        match self {
+            TrackingMode::Hooks => TEMP_FILE_NAME,
+            TrackingMode::Wal => WAL_MODE_TEMP_FILE_NAME,
+        }
+    }
 }
 
 /// What the running server expects of a file before it trusts it.
@@ -205,7 +244,7 @@ pub fn persist_with(
     slots: &[AtomicU64],
     after_chunk: &mut dyn FnMut(usize) -> io::Result<()>,
 ) -> io::Result<()> {
-    let temp = dir.join(TEMP_FILE_NAME);
+    let temp = dir.join(meta.mode().temp_file_name());
     let result = write_temp_and_rename(dir, &temp, meta, slots, after_chunk);
     if result.is_err() {
         let _ = fs::remove_file(&temp);
@@ -232,15 +271,20 @@ fn write_temp_and_rename(
         .map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     drop(file);
-    fs::rename(temp, dir.join(MAP_FILE_NAME))?;
+    fs::rename(temp, dir.join(meta.mode().map_file_name()))?;
     File::open(dir)?.sync_all()
 }
 
-/// Removes the map and its temporary file, for `ptrack.map_size = 0`.
-/// Returns the paths it removed.
+/// Removes the map and its temporary file, of either mode, for
+/// `ptrack.map_size = 0`. Returns the paths it removed.
 pub fn remove_map_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for name in [MAP_FILE_NAME, TEMP_FILE_NAME] {
+    for name in [
+        MAP_FILE_NAME,
+        TEMP_FILE_NAME,
+        WAL_MODE_MAP_FILE_NAME,
+        WAL_MODE_TEMP_FILE_NAME,
+    ] {
         let path = dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -348,11 +392,7 @@ pub fn verify<B: AsRef<[u8]>>(
     if data.len() as u64 != expected_len {
         return Err(wrong_length());
     }
-    let found_mode = if meta.wal_tracked_through.is_valid() {
-        TrackingMode::Wal
-    } else {
-        TrackingMode::Hooks
-    };
+    let found_mode = meta.mode();
     if found_mode != expect.mode {
         return Err(MapFileError::OtherMode {
             found: found_mode,
@@ -661,8 +701,24 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // A WAL-mode map goes by the name unpatched tools skip, beside it.
+        let wal_meta = MapFileMeta {
+            wal_tracked_through: Lsn(0x3000),
+            ..meta(3)
+        };
+        persist(&dir, &wal_meta, &slots(&[1, 2, 3])).unwrap();
+        assert!(!dir.join(WAL_MODE_TEMP_FILE_NAME).exists());
+        let wal_expect = Expectation {
+            mode: TrackingMode::Wal,
+            ..expect(3)
+        };
+        let verified = open_verified(&dir.join(WAL_MODE_MAP_FILE_NAME), &wal_expect).unwrap();
+        assert_eq!(verified.slots().collect::<Vec<_>>(), vec![1, 2, 3]);
         let removed = remove_map_files(&dir).unwrap();
-        assert_eq!(removed, vec![dir.join(MAP_FILE_NAME)]);
+        assert_eq!(
+            removed,
+            vec![dir.join(MAP_FILE_NAME), dir.join(WAL_MODE_MAP_FILE_NAME)]
+        );
         assert!(matches!(
             open_verified(&dir.join(MAP_FILE_NAME), &expect(3)),
             Err(MapFileError::Missing)
