@@ -56,11 +56,7 @@ fn follower_tracks_and_reports_its_position() {
     c.psql(
         "CREATE TABLE fresh AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000) g;",
     );
-    let fresh = c.query_one("SELECT pg_relation_filepath('fresh')");
-    let fresh_blocks: u64 = c
-        .query_one("SELECT pg_relation_size('fresh') / current_setting('block_size')::int")
-        .parse()
-        .expect("block count");
+    let (fresh, fresh_blocks) = c.relation_file("postgres", "fresh");
     // No wait here: the function itself waits for the follower.
     let set = c.pagemapset(before);
     assert_reports_all(
@@ -102,7 +98,16 @@ fn follower_tracks_and_reports_its_position() {
     );
 
     // A clean restart resumes from the map file: same init LSN, still covered.
-    c.restart();
+    c.stop(StopMode::Fast);
+    assert_eq!(
+        common::replica::map_files(&c.pgdata),
+        vec!["pgsql_tmp_ptrack.map".to_string()],
+        "WAL mode keeps its map under the name unpatched tools skip, and only there"
+    );
+    let header = common::replica::map_header_of(&c.pgdata.join("global/pgsql_tmp_ptrack.map"))
+        .expect("the map file");
+    assert_eq!(header.init_lsn, init);
+    c.start();
     let (_, init_after, through_after, _) = status(&c);
     assert_eq!(
         init_after,
@@ -141,11 +146,7 @@ fn questions_wait_for_the_follower_and_time_out_clearly() {
         "unclear timeout error: {err}"
     );
     c.reset_sighup("ptrack.debug_follower_paused");
-    let path = c.query_one("SELECT pg_relation_filepath('t')");
-    let blocks: u64 = c
-        .query_one("SELECT pg_relation_size('t') / current_setting('block_size')::int")
-        .parse()
-        .expect("block count");
+    let (path, blocks) = c.relation_file("postgres", "t");
     assert_reports_all(
         &c.pagemapset(start),
         &path,

@@ -139,6 +139,15 @@ pub fn tracking_mode() -> &'static str {
     })
 }
 
+/// The map file's name in `global/` in the mode under test: hook mode uses C
+/// ptrack's name; WAL mode one that unpatched tools take for a temporary file.
+pub fn map_file_name() -> &'static str {
+    match tracking_mode() {
+        "wal" => "pgsql_tmp_ptrack.map",
+        _ => "ptrack.map",
+    }
+}
+
 /// True when the tests run as root, so server-side programs must be started as
 /// the `postgres` OS user (PostgreSQL refuses to run as root).
 pub fn running_as_root() -> bool {
@@ -255,16 +264,20 @@ pub struct Cluster {
 /// test settings.
 const TEST_CONF: &str = "ptrack_test.conf";
 
-impl Cluster {
-    /// initdb (with data checksums) in a fresh directory and write the test
-    /// configuration. The server is not started.
-    pub fn new(name: &str) -> Cluster {
-        pg_install();
+/// A cluster's own directory under the test root, its private socket
+/// directory, and its port.
+pub struct ClusterDirs {
+    pub base: PathBuf,
+    pub sockdir: PathBuf,
+    pub port: u16,
+}
+
+impl ClusterDirs {
+    /// Creates `<root>/ptrack-test-<pid>-<n>-<name>` (emptied if it exists)
+    /// and its socket directory, owned by the server's OS user.
+    pub fn create(root: &Path, name: &str) -> ClusterDirs {
         let id = CLUSTER_COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let root = std::env::var_os("PTRACK_TEST_TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
         let base = root.join(format!("ptrack-test-{pid}-{id}-{name}"));
         if base.exists() {
             fs::remove_dir_all(&base)
@@ -281,6 +294,27 @@ impl Cluster {
         // listen_addresses = '' and a private socket directory: the port only
         // names the socket, but keep it unique anyway (also for SysV keys).
         let port = 20_000 + ((pid % 2_000) * 16 + id % 16) as u16;
+        ClusterDirs {
+            base,
+            sockdir,
+            port,
+        }
+    }
+}
+
+impl Cluster {
+    /// initdb (with data checksums) in a fresh directory and write the test
+    /// configuration. The server is not started.
+    pub fn new(name: &str) -> Cluster {
+        pg_install();
+        let root = std::env::var_os("PTRACK_TEST_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let ClusterDirs {
+            base,
+            sockdir,
+            port,
+        } = ClusterDirs::create(&root, name);
 
         let mut cluster = Cluster {
             name: name.to_string(),
@@ -590,8 +624,9 @@ impl Cluster {
     }
 
     /// Path of ptrack's map file.
+    /// The map file of the mode under test ([`map_file_name`]).
     pub fn map_path(&self) -> PathBuf {
-        self.pgdata.join("global").join("ptrack.map")
+        self.pgdata.join("global").join(map_file_name())
     }
 
     // --- files ---------------------------------------------------------------

@@ -4,15 +4,11 @@
 //! reading the map file's header, ptrack's WARNINGs, a reference table.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{
-    check_output, chown_to_server, lossy, lsn, Cluster, Lsn, PageMapSet, BLCKSZ, CLUSTER_COUNTER,
-};
+use super::{check_output, lossy, lsn, Cluster, ClusterDirs, Lsn, PageMapSet, BLCKSZ};
 
 /// How long to wait for a standby to replay up to a position.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,11 +22,16 @@ pub struct MapHeader {
     pub data_checksum_version: u32,
 }
 
-/// Reads the header of `<pgdata>/global/ptrack.map`, `None` when there is no
-/// such file. Panics on a file that does not start with the map's magic.
+/// Reads the header of the map file of the mode under test in
+/// `<pgdata>/global`, `None` when there is no such file.
 pub fn map_header(pgdata: &Path) -> Option<MapHeader> {
-    let path = pgdata.join("global/ptrack.map");
-    let bytes = fs::read(&path).ok()?;
+    map_header_of(&pgdata.join("global").join(super::map_file_name()))
+}
+
+/// Reads the header of the map file `path`, `None` when there is no such
+/// file. Panics on a file that does not start with the map's magic.
+pub fn map_header_of(path: &Path) -> Option<MapHeader> {
+    let bytes = fs::read(path).ok()?;
     assert!(
         bytes.len() >= 64 && &bytes[0..8] == b"PTRACKMP",
         "{} is not a ptrack map ({} bytes)",
@@ -46,7 +47,8 @@ pub fn map_header(pgdata: &Path) -> Option<MapHeader> {
     })
 }
 
-/// Names of the `ptrack.map*` files in `<pgdata>/global`.
+/// Names of ptrack's map files in `<pgdata>/global`, of either mode
+/// (`ptrack.map*`, `pgsql_tmp_ptrack.map*`).
 pub fn map_files(pgdata: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(pgdata.join("global"))
         .unwrap_or_else(|e| panic!("readdir {}/global: {e}", pgdata.display()))
@@ -56,7 +58,7 @@ pub fn map_files(pgdata: &Path) -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|n| n.starts_with("ptrack"))
+        .filter(|n| n.starts_with("ptrack") || n.starts_with("pgsql_tmp_ptrack"))
         .collect();
     names.sort();
     names
@@ -142,27 +144,12 @@ impl Cluster {
     /// directory, configured like `template` but with its own port and socket:
     /// the target of `pg_basebackup` or of a copy.
     pub fn empty_like(template: &Cluster, name: &str) -> Cluster {
-        let id = CLUSTER_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        let root = template
-            .base
-            .parent()
-            .expect("cluster base has a parent")
-            .to_path_buf();
-        let base = root.join(format!("ptrack-test-{pid}-{id}-{name}"));
-        if base.exists() {
-            fs::remove_dir_all(&base)
-                .unwrap_or_else(|e| panic!("removing stale {}: {e}", base.display()));
-        }
-        fs::create_dir_all(&base).unwrap_or_else(|e| panic!("mkdir {}: {e}", base.display()));
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o755))
-            .expect("chmod cluster base dir");
-        chown_to_server(&base);
-        let sockdir = base.join("sock");
-        fs::create_dir(&sockdir).expect("mkdir socket dir");
-        fs::set_permissions(&sockdir, fs::Permissions::from_mode(0o700)).expect("chmod sockdir");
-        chown_to_server(&sockdir);
-        let port = 20_000 + ((pid % 2_000) * 16 + id % 16) as u16;
+        let root = template.base.parent().expect("cluster base has a parent");
+        let ClusterDirs {
+            base,
+            sockdir,
+            port,
+        } = ClusterDirs::create(root, name);
         let mut settings = template.settings.clone();
         settings.insert("port".into(), port.to_string());
         settings.insert(

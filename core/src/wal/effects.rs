@@ -37,6 +37,18 @@ fn is_file_copy_database_creation(record: &DecodedRecord) -> bool {
 /// `flags` int; the same in 15 to 18 (`storage_xlog.h`).
 const SMGR_TRUNCATE_SIZE: usize = 20;
 
+/// The first `N` 32-bit fields of a record's main data (all these records'
+/// structs are made of `Oid`s, `BlockNumber`s and `int`s), little-endian as
+/// the server writes them on this platform; `None` if the data is shorter.
+fn main_data_fields<const N: usize>(record: &DecodedRecord) -> Option<[u32; N]> {
+    let bytes = record.main_data.get(..N * 4)?;
+    let mut fields = [0u32; N];
+    for (field, chunk) in fields.iter_mut().zip(bytes.chunks_exact(4)) {
+        *field = u32::from_le_bytes(chunk.try_into().ok()?);
+    }
+    Some(fields)
+}
+
 /// `xl_smgr_create`: a `RelFileLocator` (three `Oid`s) and a `ForkNumber`.
 const SMGR_CREATE_SIZE: usize = 16;
 
@@ -49,14 +61,8 @@ fn record_creation(record: &DecodedRecord) -> Option<RelFileKey> {
     if !is_creation(record) {
         return None;
     }
-    let fields = record.main_data.get(..SMGR_CREATE_SIZE)?;
-    let field = |index: usize| {
-        u32::from_le_bytes(
-            fields[index * 4..index * 4 + 4]
-                .try_into()
-                .expect("4 bytes"),
-        )
-    };
+    let field = main_data_fields::<{ SMGR_CREATE_SIZE / 4 }>(record)?;
+    let field = |index: usize| field[index];
     Some(RelFileKey {
         tablespace: field(0),
         database: field(1),
@@ -101,14 +107,8 @@ pub fn record_truncation(record: &DecodedRecord) -> Option<Truncation> {
     if !is_truncation(record) {
         return None;
     }
-    let fields = record.main_data.get(..SMGR_TRUNCATE_SIZE)?;
-    let field = |index: usize| {
-        u32::from_le_bytes(
-            fields[index * 4..index * 4 + 4]
-                .try_into()
-                .expect("4 bytes"),
-        )
-    };
+    let field = main_data_fields::<{ SMGR_TRUNCATE_SIZE / 4 }>(record)?;
+    let field = |index: usize| field[index];
     Some(Truncation {
         relation: RelFileKey {
             tablespace: field(1),
@@ -133,14 +133,8 @@ pub fn record_effects(record: &DecodedRecord) -> Vec<RecordEffect> {
     if is_file_copy_database_creation(record) {
         // The reader refuses a shorter payload (check_payload), so this
         // always matches for records it returned.
-        if let Some(fields) = record.main_data.get(..DBASE_CREATE_FILE_COPY_SIZE) {
-            let oid = |index: usize| {
-                u32::from_le_bytes(
-                    fields[index * 4..index * 4 + 4]
-                        .try_into()
-                        .expect("4 bytes"),
-                )
-            };
+        if let Some(oids) = main_data_fields::<{ DBASE_CREATE_FILE_COPY_SIZE / 4 }>(record) {
+            let oid = |index: usize| oids[index];
             effects.push(RecordEffect::CopiedDatabase {
                 tablespace: oid(1),
                 database: oid(0),
