@@ -286,3 +286,31 @@ fn a_truncated_relation_grown_back_by_zero_blocks_is_reported() {
     report.assert_no_false_negatives(name);
     c.stop(StopMode::Fast);
 }
+
+/// `ptrack.mode = auto` picks the hooks where the server binary has them (the
+/// core patch) and the WAL where it has not (e.g. Debian's own packages).
+#[test]
+fn auto_mode_picks_what_the_server_offers() {
+    let postgres = std::fs::read(common::pg_install().bindir.join("postgres"))
+        .expect("read the postgres binary");
+    let patched = postgres
+        .windows(b"mdwrite_hook\0".len())
+        .any(|w| w == b"mdwrite_hook\0");
+    let mut c = Cluster::new("wal_auto");
+    c.set_conf("ptrack.mode", "'auto'");
+    let mark = c.log_mark();
+    c.start();
+    c.psql("CREATE EXTENSION ptrack;");
+    let (expected, logged) = if patched {
+        ("hooks", "hook")
+    } else {
+        ("wal", "WAL")
+    };
+    assert_eq!(status(&c).0, expected, "patched server: {patched}");
+    assert!(
+        c.log_since(mark)
+            .contains(&format!("tracking changes in {logged} mode")),
+        "the chosen mode is not in the log"
+    );
+    c.stop(StopMode::Fast);
+}
