@@ -95,6 +95,27 @@ fn lookups(c: &mut Criterion) {
         })
     });
     group.finish();
+    // A run of consecutive blocks, as the walk asks: one by one against the
+    // batched, prefetching walk, side by side (per block).
+    let mut group = c.benchmark_group("lookup run");
+    let run = 131_072u32; // one 1 GB segment
+    group.throughput(Throughput::Elements(u64::from(run)));
+    for (name, batched) in [("one by one", false), ("batched with prefetch", true)] {
+        group.bench_function(format!("{name}, 1% changed, 64 MB map"), |b| {
+            let mut first = 0u32;
+            b.iter(|| {
+                first = (first + run) % (blocks - run);
+                let mut changed = 0u32;
+                if batched {
+                    query.for_each_changed(first, run, |_| changed += 1);
+                } else {
+                    changed = (first..first + run).filter(|&b| query.changed(b)).count() as u32;
+                }
+                black_box(changed)
+            })
+        });
+    }
+    group.finish();
 }
 
 /// Writing the map with its CRC (every checkpoint) and verifying it (every

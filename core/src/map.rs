@@ -320,10 +320,69 @@ impl FileQuery<'_> {
             || self.map.slots_reach(self.hasher.hash(block), self.since)
     }
 
+    /// Calls `report(block)` for every block of `first..first + count` that
+    /// changed, in order: [`FileQuery::changed`] for a run of blocks, with
+    /// the memory latency of the slot loads overlapped. The slots of a map are
+    /// spread over megabytes, so nearly every first-slot load misses the
+    /// cache; hashing a batch and prefetching its first slots before reading
+    /// any lets those misses run in parallel. Second slots are loaded only for
+    /// blocks whose first slot passes, as in `changed`.
+    pub fn for_each_changed(&self, first: u32, count: u32, mut report: impl FnMut(u32)) {
+        const BATCH: usize = 16;
+        // Block numbers stop below u32::MAX (InvalidBlockNumber).
+        let end = u64::from(first.saturating_add(count));
+        let mut block = u64::from(first);
+        let slot_count = self.map.slots.len();
+        while block < end {
+            let batch_end = end.min(block + BATCH as u64);
+            let mut firsts = [0usize; BATCH];
+            let mut seconds = [0usize; BATCH];
+            for (i, b) in (block..batch_end).enumerate() {
+                // `b < end <= u32::MAX`: the cast is exact.
+                let (one, two) = slot_pair(self.hasher.hash(b as u32), slot_count);
+                firsts[i] = one;
+                seconds[i] = two;
+                prefetch(self.map.slots.get(one));
+            }
+            for (i, b) in (block..batch_end).enumerate() {
+                let reached = |index: usize| {
+                    self.map
+                        .slots
+                        .get(index)
+                        .is_none_or(|slot| slot.load(Ordering::Relaxed) >= self.since)
+                };
+                if self.everything
+                    || b >= self.cut_from
+                    || (reached(firsts[i]) && reached(seconds[i]))
+                {
+                    report(b as u32);
+                }
+            }
+            block = batch_end;
+        }
+    }
+
     /// True when every block of the file is reported regardless of the slots.
     pub fn reports_everything(&self) -> bool {
         self.everything
     }
+}
+
+/// Asks the CPU to start loading `slot`'s cache line.
+#[inline(always)]
+fn prefetch(slot: Option<&AtomicU64>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(slot) = slot {
+        // SAFETY: a prefetch is only a hint: it never faults and changes no
+        // state visible to the program; SSE is part of x86-64's baseline.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (slot as *const AtomicU64).cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
 }
 
 /// A map on the heap, for tests, benchmarks and tools.
@@ -433,6 +492,35 @@ mod tests {
             let expected = cuts.iter().filter(|c| c.1 >= since).map(|c| c.0).min();
             let query = map.file_query(&file, Lsn(since));
             proptest::prop_assert_eq!(query.cut_from, expected.map_or(u64::MAX, u64::from));
+        }
+    }
+
+    proptest::proptest! {
+        /// The batched walk answers exactly as the block-by-block question,
+        /// with marks, cuts and collisions (a small map) alike.
+        #[test]
+        fn batched_answers_equal_single_ones(
+            marks in proptest::collection::vec((0u32..600, 1u64..100), 0..200),
+            cut in proptest::option::of((0u32..600, 1u64..100)),
+            since in 1u64..100,
+            first in 0u32..300,
+            count in 0u32..300,
+        ) {
+            let owned = OwnedLsnMap::new(97);
+            let map = owned.view();
+            map.start_tracking_at(Lsn(1));
+            let file = key(5, 0).file;
+            for (block, lsn) in marks {
+                map.mark(&file.block(block), Lsn(lsn));
+            }
+            if let Some((length, lsn)) = cut {
+                map.mark_cut(&file, length, Lsn(lsn));
+            }
+            let query = map.file_query(&file, Lsn(since));
+            let mut batched = Vec::new();
+            query.for_each_changed(first, count, |b| batched.push(b));
+            let single: Vec<u32> = (first..first + count).filter(|&b| query.changed(b)).collect();
+            proptest::prop_assert_eq!(batched, single);
         }
     }
 

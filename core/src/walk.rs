@@ -146,24 +146,23 @@ pub fn segment_pagemap(
     layout: &Layout,
 ) -> Option<SegmentPagemap> {
     let query = map.file_query(&file.key, since);
-    let first_block = file.segment.checked_mul(layout.segment_blocks);
     let mut pagemap = Vec::new();
     let mut pagecount = 0u64;
-    for offset in 0..file.blocks {
-        // A segment number so large that its blocks overflow cannot be hashed as
-        // PostgreSQL names them: report such a file whole rather than guess.
-        let changed = match first_block.and_then(|first| first.checked_add(offset)) {
-            Some(block) => query.changed(block),
-            None => true,
-        };
-        if changed {
-            let byte = (offset / 8) as usize;
-            if pagemap.len() <= byte {
-                pagemap.resize(byte + 1, 0);
-            }
-            pagemap[byte] |= 1 << (offset % 8);
-            pagecount += 1;
+    let mut set = |offset: u32| {
+        let byte = (offset / 8) as usize;
+        if pagemap.len() <= byte {
+            pagemap.resize(byte + 1, 0);
         }
+        pagemap[byte] |= 1 << (offset % 8);
+        pagecount += 1;
+    };
+    match file.segment.checked_mul(layout.segment_blocks) {
+        Some(first) if first.checked_add(file.blocks).is_some() => {
+            query.for_each_changed(first, file.blocks, |block| set(block - first));
+        }
+        // A segment number so large that its blocks overflow cannot be hashed
+        // as PostgreSQL names them: report such a file whole rather than guess.
+        _ => (0..file.blocks).for_each(&mut set),
     }
     (pagecount > 0).then(|| SegmentPagemap {
         path: file.path.clone(),
