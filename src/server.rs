@@ -115,6 +115,9 @@ pub struct ControlFacts {
     pub data_checksum_version: u32,
     /// The last shutdown was clean: every page and the map were written.
     pub cleanly_shut_down: bool,
+    /// ... and it was a primary's, which always ends with a shutdown
+    /// checkpoint (a standby may skip its shutdown restartpoint).
+    pub primary_shut_down: bool,
 }
 
 /// Reads `global/pg_control`. The postmaster has already verified its CRC by
@@ -141,6 +144,7 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
             control.state,
             pg_sys::DBState::DB_SHUTDOWNED | pg_sys::DBState::DB_SHUTDOWNED_IN_RECOVERY
         ),
+        primary_shut_down: control.state == pg_sys::DBState::DB_SHUTDOWNED,
     })
 }
 

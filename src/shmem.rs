@@ -329,7 +329,19 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     if !control.cleanly_shut_down {
         return;
     }
-    match crate::hooks::persist_map(&map, control.latest_checkpoint_redo) {
+    // Hook mode: a primary's shutdown checkpoint flushed the map in its sync
+    // phase and nothing was written after it. A standby may have skipped its
+    // shutdown restartpoint, keeping the REDO of an older flush while replay
+    // marked more since: it is always written.
+    let flushed = crate::active_mode() == Some(TrackingMode::Hooks)
+        && control.primary_shut_down
+        && map.flushed_redo() == control.latest_checkpoint_redo;
+    let written = if flushed {
+        Ok(())
+    } else {
+        crate::hooks::persist_map(&map, control.latest_checkpoint_redo)
+    };
+    match written {
         Ok(()) => {
             if let Some(path) = LIVE_PATH.get() {
                 let _ = std::fs::remove_file(path);

@@ -16,6 +16,9 @@ use crate::lsn::Lsn;
 
 /// Levels of dyadic ranges over 32-bit block numbers, the whole space last.
 const CUT_LEVELS: u32 = 32;
+/// Range lookups one cut search may make: a true cut's chain takes 33; the
+/// rest is for ranges marked by collisions.
+const CUT_SEARCH_BUDGET: u32 = 256;
 
 /// The part of the shared map that is not slots.
 ///
@@ -208,27 +211,41 @@ impl<'a> LsnMap<'a> {
         }
     }
 
-    /// The lowest length a fork was cut to at or after `since`, if any. A
-    /// range marked whose halves are not (a collision) answers with its
-    /// start: lower than any true cut in it, so only more is reported.
+    /// The lowest length a fork was cut to at or after `since`, if any.
+    ///
+    /// A true cut marks its range at every level, so it shows as a chain of
+    /// marked ranges from the top down to its block; a range marked only by a
+    /// collision has no such chain under it. The search goes depth first,
+    /// lower halves first, and follows only marked ranges: the first complete
+    /// chain is the lowest cut. Collisions make it look into a few more
+    /// ranges and, past a budget of lookups, stop and answer with the start
+    /// of the range it is in — below every cut not yet looked at, so only more
+    /// is reported.
     fn lowest_cut_since(&self, hasher: &BlockHasher, since: u64) -> Option<u64> {
-        let marked =
-            |level: u32, index: u64| self.slots_reach(hasher.cut_range_hash(level, index), since);
-        if !marked(CUT_LEVELS, 0) {
+        let mut budget = CUT_SEARCH_BUDGET;
+        self.lowest_cut_in(hasher, since, CUT_LEVELS, 0, &mut budget)
+    }
+
+    fn lowest_cut_in(
+        &self,
+        hasher: &BlockHasher,
+        since: u64,
+        level: u32,
+        index: u64,
+        budget: &mut u32,
+    ) -> Option<u64> {
+        if *budget == 0 {
+            return Some(index << level);
+        }
+        *budget -= 1;
+        if !self.slots_reach(hasher.cut_range_hash(level, index), since) {
             return None;
         }
-        let mut index = 0u64;
-        for level in (0..CUT_LEVELS).rev() {
-            let left = index * 2;
-            index = if marked(level, left) {
-                left
-            } else if marked(level, left + 1) {
-                left + 1
-            } else {
-                return Some(index << (level + 1));
-            };
+        if level == 0 {
+            return Some(index);
         }
-        Some(index)
+        self.lowest_cut_in(hasher, since, level - 1, index * 2, budget)
+            .or_else(|| self.lowest_cut_in(hasher, since, level - 1, index * 2 + 1, budget))
     }
 
     /// `slot_pair` returns indexes below `slots.len()`; `get` keeps this path
@@ -475,6 +492,32 @@ mod tests {
         let query = map.file_query(&edge, Lsn(800));
         assert!(query.changed(u32::MAX - 1) && query.changed(u32::MAX));
         assert!(!query.changed(u32::MAX - 2));
+    }
+
+    #[test]
+    fn a_range_marked_by_a_collision_is_not_a_cut() {
+        let owned = OwnedLsnMap::new(1 << 16);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(10));
+        let file = key(12, 0).file;
+        let hasher = file.hasher();
+        // What a collision does: the top range's slots raised by other keys,
+        // and a few ranges below it, but no chain down to a block.
+        map.raise_slots(hasher.cut_range_hash(CUT_LEVELS, 0), Lsn(500));
+        map.raise_slots(hasher.cut_range_hash(CUT_LEVELS - 1, 0), Lsn(500));
+        map.raise_slots(hasher.cut_range_hash(CUT_LEVELS - 2, 1), Lsn(500));
+        let query = map.file_query(&file, Lsn(400));
+        assert_eq!(
+            query.cut_from,
+            u64::MAX,
+            "a broken chain was taken for a cut"
+        );
+        // A true cut beside the false ranges is still found, exactly.
+        map.mark_cut(&file, 1 << 31, Lsn(600));
+        assert_eq!(map.file_query(&file, Lsn(400)).cut_from, 1 << 31);
+        // So is a lower one found under the falsely marked lower half.
+        map.mark_cut(&file, 5, Lsn(700));
+        assert_eq!(map.file_query(&file, Lsn(400)).cut_from, 5);
     }
 
     proptest::proptest! {
