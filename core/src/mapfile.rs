@@ -212,12 +212,18 @@ pub fn write_map_with(
     let header = encode_header(meta);
     crc.update(&header);
     out.write_all(&header)?;
-    let mut chunk = vec![0u8; CHUNK_BYTES];
+    // Copied as whole words (one load and one store per slot), then seen as
+    // the little-endian bytes of the format.
+    let mut chunk = vec![0u64; CHUNK_BYTES / 8];
     for (written, slots) in slots.chunks(CHUNK_BYTES / 8).enumerate() {
-        let bytes = &mut chunk[..slots.len() * 8];
-        for (out, slot) in bytes.chunks_exact_mut(8).zip(slots) {
-            out.copy_from_slice(&slot.load(Ordering::Relaxed).to_le_bytes());
+        let words = &mut chunk[..slots.len()];
+        for (word, slot) in words.iter_mut().zip(slots) {
+            *word = slot.load(Ordering::Relaxed).to_le();
         }
+        // SAFETY: the bytes of initialized `u64`s, which have no padding,
+        // viewed for as long as `words` is borrowed; `u8` needs no alignment.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
         crc.update(bytes);
         out.write_all(bytes)?;
         after_chunk(written + 1)?;
