@@ -81,9 +81,7 @@ def plot_fp(doc, out):
         ax.plot(sizes, mean, "o-", color=color, label=f"{label}: measured (mean)")
         ax.fill_between(sizes, lo, hi, color=color, alpha=0.15)
         ax.plot(sizes, [p["theory_blocks_q2"] for p in pts], ":", color=color,
-                label=f"{label}: theory q² (block slots only)")
-        ax.plot(sizes, [p["theory_with_cut_key"] for p in pts], "--", color=color,
-                alpha=0.7, label=f"{label}: theory 2q² − q⁴ (with cut key)")
+                label=f"{label}: theory q²")
     claim = s.get("readme_claim", {})
     if claim.get("applies"):
         for c in claim["checks"]:
