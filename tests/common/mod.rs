@@ -59,6 +59,27 @@ impl fmt::Display for Lsn {
     }
 }
 
+/// `s` as a JSON string literal, for the result files of the soak and the
+/// benchmarks.
+pub fn json_string(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Parses an LSN, panicking with context on malformed input.
 pub fn lsn(s: &str) -> Lsn {
     s.parse().unwrap_or_else(|e| panic!("{e}"))
