@@ -82,12 +82,7 @@ fn immediate_stop_during_map_flush() {
         "[{name}] global/ptrack.map.tmp never appeared"
     );
     // (e) also holds for the temporary file.
-    let (mode, uid) = mode_and_owner(&tmp).expect("stat ptrack.map.tmp");
-    assert_eq!(
-        mode, 0o600,
-        "[{name}] global/ptrack.map.tmp has mode {mode:o}"
-    );
-    assert_eq!(uid, server_uid(), "[{name}] global/ptrack.map.tmp owner");
+    assert_private_to_server(name, &tmp);
     // Let a few chunks reach the file: we stop in the middle, not at the start.
     let len = |p: &std::path::Path| fs::metadata(p).map_or(0, |m| m.len());
     assert!(
@@ -475,9 +470,7 @@ fn map_files_are_private() {
     let mut c = Cluster::new(name);
     c.start();
     c.psql("CREATE EXTENSION ptrack; CREATE TABLE t AS SELECT 1 AS x; CHECKPOINT;");
-    let (mode, uid) = mode_and_owner(&c.map_path()).expect("stat global/ptrack.map");
-    assert_eq!(mode, 0o600, "[{name}] global/ptrack.map has mode {mode:o}");
-    assert_eq!(uid, server_uid(), "[{name}] global/ptrack.map owner");
+    assert_private_to_server(name, &c.map_path());
 
     // Catch the temporary file during a slowed-down flush.
     c.set_sighup(PAUSE, "20");
@@ -487,30 +480,27 @@ fn map_files_are_private() {
         wait_for(Duration::from_secs(60), || tmp.exists()),
         "[{name}] no global/ptrack.map.tmp during a flush"
     );
-    let (mode, uid) = mode_and_owner(&tmp).expect("stat global/ptrack.map.tmp");
-    assert_eq!(
-        mode, 0o600,
-        "[{name}] global/ptrack.map.tmp has mode {mode:o}"
-    );
-    assert_eq!(uid, server_uid(), "[{name}] global/ptrack.map.tmp owner");
+    assert_private_to_server(name, &tmp);
     assert!(
         checkpoint.finish(Duration::from_secs(60)),
         "CHECKPOINT failed"
     );
     // The live map in tmpfs, when the server keeps one.
     if let Some(live) = c.live_map_file() {
-        let (mode, uid) = mode_and_owner(&live).expect("stat the live map");
-        assert_eq!(mode, 0o600, "[{name}] {} has mode {mode:o}", live.display());
-        assert_eq!(uid, server_uid(), "[{name}] {} owner", live.display());
+        assert_private_to_server(name, &live);
     } else {
         eprintln!("[{name}] no live map in /dev/shm: the server keeps it in shared memory");
     }
     c.reset_sighup(PAUSE);
     c.restart();
-    let (mode, uid) = mode_and_owner(&c.map_path()).expect("stat global/ptrack.map");
-    assert_eq!(
-        (mode, uid),
-        (0o600, server_uid()),
-        "[{name}] after a restart"
-    );
+    assert_private_to_server(name, &c.map_path());
+}
+
+/// `path` has mode 0600 and belongs to the server's OS user, like every file
+/// PostgreSQL keeps in PGDATA.
+fn assert_private_to_server(name: &str, path: &std::path::Path) {
+    let (mode, uid) =
+        mode_and_owner(path).unwrap_or_else(|| panic!("[{name}] stat {}", path.display()));
+    assert_eq!(mode, 0o600, "[{name}] {} has mode {mode:o}", path.display());
+    assert_eq!(uid, server_uid(), "[{name}] {} owner", path.display());
 }
