@@ -3,8 +3,9 @@
 #
 # Usage: scripts/build-postgres.sh [MAJOR]        (MAJOR defaults to 17)
 #
-# Fetches the upstream PostgreSQL source tarball from Debian's source package
-# (through a private apt configuration, the system one is left untouched),
+# Fetches the pinned upstream PostgreSQL source tarball from Debian's archive by
+# its exact pool path and checks its sha256 (see "Upstream source" below for
+# the fallbacks),
 # applies patches/postgresql-MAJOR.patch, builds it and installs it into
 #
 #   ${PTRACK_CACHE_DIR:-$HOME/.cache/ptrack}/pg-<version>-<flavor>-<hash>
@@ -23,6 +24,11 @@
 #                      CI-sized relations span many segment files)
 #   PTRACK_PG_VERSION  build this upstream version instead of the pinned one
 #                      (it must be the version the Debian suite currently has)
+#   PTRACK_PG_SOURCE   build from this tarball (postgresql-X.Y.tar.bz2 from any
+#                      PostgreSQL mirror) instead of downloading one
+#
+#   scripts/build-postgres.sh --check-source MAJOR   only checks (a header
+#   request) that the pinned tarball can still be downloaded
 #   PTRACK_PG_JOBS     make parallelism (default: 2)
 #
 # Must run as root (it installs build dependencies with apt-get).  The result
@@ -40,6 +46,11 @@ exec 3>&1 1>&2
 log() { printf 'build-postgres: %s\n' "$*"; }
 die() { printf 'build-postgres: ERROR: %s\n' "$*"; exit 1; }
 
+CHECK_SOURCE=0
+if [ "${1:-}" = --check-source ]; then
+	CHECK_SOURCE=1
+	shift
+fi
 MAJOR=${1:-17}
 
 # Per-major settings.  PG_VERSION is the upstream version we build and the one
@@ -55,11 +66,13 @@ case "$MAJOR" in
 		PG_VERSION=15.18
 		PG_ORIG_SHA256=11df0df97fe3ea4ba9a791faaf39cee1d2fe571e78885b5b55d8517d27c323b4
 		DEBIAN_SUITE=bookworm
+		POOL_PATH=pool/main/p/postgresql-15/postgresql-15_15.18.orig.tar.bz2
 		;;
 	17)
 		PG_VERSION=17.11
 		PG_ORIG_SHA256=dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979
 		DEBIAN_SUITE=trixie
+		POOL_PATH=pool/main/p/postgresql-17/postgresql-17_17.11.orig.tar.bz2
 		;;
 	18)
 		# sid's InRelease is signed by the 12/bookworm and 13/trixie archive
@@ -67,6 +80,7 @@ case "$MAJOR" in
 		PG_VERSION=18.6
 		PG_ORIG_SHA256=555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f
 		DEBIAN_SUITE=sid
+		POOL_PATH=pool/main/p/postgresql-18/postgresql-18_18.6.orig.tar.bz2
 		;;
 	*)
 		die "unsupported PostgreSQL major version '$MAJOR' (supported: 15, 17, 18)"
@@ -83,6 +97,18 @@ case "$PG_VERSION" in
 esac
 
 DEBIAN_MIRROR=http://deb.debian.org/debian
+
+# --check-source: is the pinned tarball still downloadable?  A header request,
+# seconds; CI runs it first so a vanished tarball is found the day it goes.
+if [ "$CHECK_SOURCE" = 1 ]; then
+	if curl -fsSI --retry 2 --connect-timeout 20 -o /dev/null "$DEBIAN_MIRROR/$POOL_PATH"; then
+		log "pinned source of PostgreSQL $PG_VERSION is downloadable: $DEBIAN_MIRROR/$POOL_PATH"
+		exit 0
+	fi
+	die "the pinned source of PostgreSQL $PG_VERSION is gone from $DEBIAN_MIRROR/$POOL_PATH.
+Pin a version whose tarball exists (PG_VERSION, PG_ORIG_SHA256 and POOL_PATH in $0),
+or provide a tarball by hand: PTRACK_PG_SOURCE=/path/to/postgresql-$PG_VERSION.tar.bz2"
+fi
 SRC_PKG=postgresql-$MAJOR
 JOBS=${PTRACK_PG_JOBS:-2}
 
@@ -132,7 +158,7 @@ fi
 # ---------------------------------------------------------------------------
 # Build dependencies
 # ---------------------------------------------------------------------------
-BUILD_DEPS=(build-essential bison flex perl patch bzip2 xz-utils zlib1g-dev
+BUILD_DEPS=(build-essential bison flex perl patch bzip2 xz-utils zlib1g-dev curl
 	libreadline-dev pkg-config ca-certificates debian-archive-keyring)
 
 missing=()
@@ -151,10 +177,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------
-# Upstream source, from Debian's source package
+# Upstream source
 # ---------------------------------------------------------------------------
+# In order: a tarball given by hand (PTRACK_PG_SOURCE), the cache, the pinned
+# version's file at its exact pool path (checked against the pinned sha256),
+# and last the suite's current source package through apt, whose newer minor
+# is accepted with a WARNING when the patch applies to it cleanly.  A suite's
+# index moves on to a new minor before the mirror serves its files, while the
+# pinned version's files stay at their pool path: so the pool path comes
+# first and the index is never needed on an ordinary day.
 SRC_CACHE=$CACHE_DIR/src
 mkdir -p "$SRC_CACHE"
+TRIED=()
 
 find_orig() {
 	local f
@@ -164,21 +198,41 @@ find_orig() {
 	return 1
 }
 
-verify_orig() {
+sha256_ok() {
 	local f=$1 sum
 	[ -n "$PG_ORIG_SHA256" ] || return 0
 	sum=$(sha256sum "$f" | cut -d' ' -f1)
-	[ "$sum" = "$PG_ORIG_SHA256" ] ||
-		die "$f: sha256 $sum does not match the pinned $PG_ORIG_SHA256"
+	[ "$sum" = "$PG_ORIG_SHA256" ] && return 0
+	log "WARNING: $f: sha256 $sum does not match the pinned $PG_ORIG_SHA256"
+	return 1
 }
 
-fetch_orig() {
-	local aptdir=$CACHE_DIR/apt/$DEBIAN_SUITE dl f got apt_opts
+no_source() {
+	die "no usable source of PostgreSQL $MAJOR; tried: ${TRIED[*]}.
+Download postgresql-$PG_VERSION.tar.bz2 (sha256 $PG_ORIG_SHA256) from any
+PostgreSQL mirror and run again with PTRACK_PG_SOURCE=/path/to/postgresql-$PG_VERSION.tar.bz2"
+}
+
+fetch_pool() {
+	local url=$DEBIAN_MIRROR/$POOL_PATH part=$SRC_CACHE/${POOL_PATH##*/}.part
+	TRIED+=("$url")
+	log "downloading $url"
+	if ! curl -fsSL --retry 3 --connect-timeout 20 -o "$part" "$url"; then
+		rm -f "$part"
+		log "WARNING: could not download $url"
+		return 1
+	fi
+	sha256_ok "$part" || { rm -f "$part"; return 1; }
+	mv "$part" "$SRC_CACHE/${POOL_PATH##*/}"
+}
+
+# Downloads the suite's current source package; prints its upstream version.
+fetch_index() {
+	local aptdir=$CACHE_DIR/apt/$DEBIAN_SUITE dl f got= apt_opts
 	mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial"
-	# Signatures are checked with the machine's debian-archive-keyring: trixie's
-	# InRelease is signed by the "12/bookworm" archive key as well as the
-	# trixie keys, so any Debian 12 keyring verifies it and no [trusted=yes]
-	# fallback is needed.  The tarball is also pinned by PG_ORIG_SHA256.
+	# Signatures are checked with the machine's debian-archive-keyring: the
+	# InRelease files of trixie and sid are signed by the "12/bookworm" archive
+	# key too, so any Debian 12 keyring verifies them.
 	printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
 		"$DEBIAN_MIRROR" "$DEBIAN_SUITE" >"$aptdir/sources.list"
 	apt_opts=(
@@ -192,32 +246,61 @@ fetch_orig() {
 		-o Acquire::Languages=none
 	)
 	log "updating private apt index for Debian $DEBIAN_SUITE sources"
-	apt-get "${apt_opts[@]}" -q update >/dev/null
-
+	apt-get "${apt_opts[@]}" -q update >/dev/null || return 1
 	dl=$(mktemp -d "$SRC_CACHE/download.XXXXXX")
 	log "downloading Debian source package $SRC_PKG"
-	(cd "$dl" && apt-get "${apt_opts[@]}" -q source --download-only "$SRC_PKG" >/dev/null)
-
-	got=
-	for f in "$dl/${SRC_PKG}"_*.orig.tar.*; do
-		[ -f "$f" ] || continue
-		got=${f##*/"${SRC_PKG}"_}
-		got=${got%%.orig.tar.*}
-		if [ "$got" = "$PG_VERSION" ]; then
+	if (cd "$dl" && apt-get "${apt_opts[@]}" -q source --download-only "$SRC_PKG" >/dev/null); then
+		for f in "$dl/${SRC_PKG}"_*.orig.tar.*; do
+			[ -f "$f" ] || continue
+			got=${f##*/"${SRC_PKG}"_}
+			got=${got%%.orig.tar.*}
 			mv "$f" "$SRC_CACHE/"
-		fi
-	done
+		done
+	fi
 	rm -rf "$dl"
-	[ -n "$got" ] || die "no ${SRC_PKG}_*.orig.tar.* in the Debian source package"
-	[ "$got" = "$PG_VERSION" ] ||
-		die "Debian $DEBIAN_SUITE now has PostgreSQL $got, not $PG_VERSION: update PG_VERSION/PG_ORIG_SHA256 in $0 and check that $PATCH_FILE still applies (or set PTRACK_PG_VERSION=$got to try it)"
+	[ -n "$got" ] || return 1
+	printf '%s\n' "$got"
 }
 
-if ! ORIG=$(find_orig); then
-	fetch_orig
-	ORIG=$(find_orig) || die "download of the $PG_VERSION tarball failed"
+use_version() {
+	PG_VERSION=$1
+	PREFIX=$CACHE_DIR/pg-$PG_VERSION-$FLAVOR-$BUILD_HASH
+	STAMP=$PREFIX/.ptrack-build-complete
+}
+
+if [ -n "${PTRACK_PG_SOURCE:-}" ]; then
+	[ -f "$PTRACK_PG_SOURCE" ] || die "PTRACK_PG_SOURCE=$PTRACK_PG_SOURCE is not a file"
+	ORIG=$PTRACK_PG_SOURCE
+	sha256_ok "$ORIG" ||
+		log "WARNING: building PostgreSQL $PG_VERSION from $ORIG, which is not the pinned tarball"
+elif ORIG=$(find_orig) && sha256_ok "$ORIG"; then
+	:
+elif [ -n "$PG_ORIG_SHA256" ] && fetch_pool && ORIG=$(find_orig); then
+	:
+elif TRIED+=("the current $SRC_PKG source package of Debian $DEBIAN_SUITE") &&
+	got=$(fetch_index) && [ "$got" = "$PG_VERSION" ] && ORIG=$(find_orig) && sha256_ok "$ORIG"; then
+	:
+elif [ -n "${got:-}" ] && [ "$got" != "$PG_VERSION" ] && case "$got" in "$MAJOR".*) true ;; *) false ;; esac; then
+	log "WARNING: the pinned PostgreSQL $PG_VERSION could not be had; building Debian $DEBIAN_SUITE's current $got instead (if $PATCH_FILE applies to it cleanly)"
+	PG_ORIG_SHA256=
+	use_version "$got"
+	[ -f "$STAMP" ] && finish
+	ORIG=$(find_orig) || no_source
+else
+	no_source
 fi
-verify_orig "$ORIG"
+# A tarball given by hand names its version in its top directory.
+top=$(tar -tf "$ORIG" 2>/dev/null | head -n1) || true
+top=${top%%/*}
+case "$top" in
+	postgresql-"$PG_VERSION") ;;
+	postgresql-"$MAJOR".*)
+		log "WARNING: $ORIG holds ${top#postgresql-}, not the pinned $PG_VERSION"
+		use_version "${top#postgresql-}"
+		[ -f "$STAMP" ] && finish
+		;;
+	*) die "$ORIG is not a PostgreSQL $MAJOR source tarball (top directory '$top')" ;;
+esac
 log "upstream source: $ORIG"
 
 # ---------------------------------------------------------------------------
