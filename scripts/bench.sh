@@ -46,8 +46,8 @@ mkdir -p "$results"
 
 export DEBIAN_FRONTEND=noninteractive
 apt_install() {
-	apt-get install -y --no-install-recommends "$@" >&2 ||
-		{ apt-get update >&2 && apt-get install -y --no-install-recommends "$@" >&2; }
+	apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "$@" >&2 ||
+		{ apt-get -o DPkg::Lock::Timeout=600 update >&2 && apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "$@" >&2; }
 }
 
 # (1) PostgreSQL 17 without cassert, with the ptrack patch and the extension.

@@ -170,9 +170,9 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing build dependencies: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
-		apt-get update
-		apt-get install -y --no-install-recommends "${missing[@]}"
+	if ! apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"; then
+		apt-get -o DPkg::Lock::Timeout=600 update
+		apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"
 	fi
 fi
 
@@ -396,17 +396,17 @@ done
 # under /root (mode 0700), so grant search (not read) permission on the
 # ancestors that lack it.
 if id postgres >/dev/null 2>&1 &&
-	! runuser -u postgres -- test -x "$PREFIX/bin/postgres"; then
+	! runuser -u postgres -- /usr/bin/test -x "$PREFIX/bin/postgres"; then
 	d=
 	IFS=/ read -ra parts <<<"${PREFIX#/}"
 	for part in "${parts[@]}"; do
 		d=$d/$part
-		if ! runuser -u postgres -- test -x "$d"; then
+		if ! runuser -u postgres -- /usr/bin/test -x "$d"; then
 			log "granting search permission on $d to other users (chmod o+x)"
 			chmod o+x "$d"
 		fi
 	done
-	runuser -u postgres -- test -x "$PREFIX/bin/postgres" ||
+	runuser -u postgres -- /usr/bin/test -x "$PREFIX/bin/postgres" ||
 		die "$PREFIX is not accessible by the postgres user"
 fi
 

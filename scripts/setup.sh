@@ -28,8 +28,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y --no-install-recommends "${missing[@]}" ||
-		{ apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; }
+	apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}" ||
+		{ apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}"; }
 fi
 
 if ! id postgres >/dev/null 2>&1; then
@@ -45,8 +45,8 @@ if [ "${PTRACK_PG_FLAVOR:-}" = debian ]; then
 		grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
 			echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
 		export DEBIAN_FRONTEND=noninteractive
-		apt-get install -y --no-install-recommends "postgresql-$major" "postgresql-server-dev-$major" ||
-			{ apt-get update && apt-get install -y --no-install-recommends \
+		apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "postgresql-$major" "postgresql-server-dev-$major" ||
+			{ apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends \
 				"postgresql-$major" "postgresql-server-dev-$major"; }
 	fi
 	prefix=/usr/lib/postgresql/$major

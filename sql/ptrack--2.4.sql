@@ -48,9 +48,6 @@ LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION ptrack_status() IS
 'How ptrack tracks changes (mode hooks, wal or off), its map size and init LSN, and in WAL mode how far the WAL follower has read and how many bytes of WAL it has still to read.';
 
--- Change maps reveal write activity: only roles granted EXECUTE may read them.
-REVOKE EXECUTE ON FUNCTION ptrack_version() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION ptrack_init_lsn() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION ptrack_get_pagemapset(pg_lsn) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION ptrack_get_change_stat(pg_lsn) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION ptrack_status() FROM PUBLIC;
+-- As in ptrack 2.4 the functions are executable by PUBLIC, so the backup role
+-- pg_probackup documents (USAGE on this schema, nothing more) can use them. The
+-- README gives the REVOKE/GRANT recipe for least privilege.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use ptrack_core::mapfile::{self, TrackingMode};
+use ptrack_core::startup::{self, CorePatch, ModeChoice, RequestedMode};
 
 mod follower;
 mod hooks;
@@ -195,19 +196,39 @@ pub extern "C-unwind" fn _PG_init() {
 /// Resolves `ptrack.mode` against what the server offers; raises an ERROR
 /// (the server does not start) when the requested mode cannot work.
 fn choose_mode() -> TrackingMode {
-    let hooks = server::CoreHooks::find();
-    let mode = match (MODE.get(), &hooks) {
-        (ModeSetting::Hooks, Err(missing)) => raise(
+    let requested = match MODE.get() {
+        ModeSetting::Auto => RequestedMode::Auto,
+        ModeSetting::Hooks => RequestedMode::Hooks,
+        ModeSetting::Wal => RequestedMode::Wal,
+    };
+    let mode = match startup::choose_mode(requested, server::core_patch()) {
+        ModeChoice::Track(mode) => mode,
+        ModeChoice::WalInsteadOfForeignHooks => {
+            log!(
+                "ptrack: this server's core patch is not this project's (no \
+                 ptrack_core_patch_version >= {}); following the WAL instead of its hooks",
+                server::CORE_PATCH_VERSION
+            );
+            TrackingMode::Wal
+        }
+        ModeChoice::Refuse(CorePatch::Foreign) => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
-                "ptrack.mode = hooks, but this server lacks the ptrack core patch (missing {})",
-                missing.join(", ")
+                "ptrack.mode = hooks, but this server carries another core patch with ptrack's \
+                 hook names (no ptrack_core_patch_version >= {}): it leaves zero-filled blocks \
+                 unmarked and lets pg_rewind delete the map, so hook mode could miss changes",
+                server::CORE_PATCH_VERSION
             ),
+            "set ptrack.mode = wal (or auto), or build PostgreSQL with the patch from this \
+             project's patches/ directory",
+        ),
+        ModeChoice::Refuse(_) => raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "ptrack.mode = hooks, but this server lacks the ptrack core patch (no mdwrite_hook)"
+                .into(),
             "set ptrack.mode = wal (or auto) to track changes by following the WAL, or build \
              PostgreSQL with the patch from this project's patches/ directory",
         ),
-        (ModeSetting::Hooks, Ok(_)) | (ModeSetting::Auto, Ok(_)) => TrackingMode::Hooks,
-        (ModeSetting::Wal, _) | (ModeSetting::Auto, Err(_)) => TrackingMode::Wal,
     };
     if mode == TrackingMode::Wal {
         if !server::wal_level_is_replica_or_higher() {

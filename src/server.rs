@@ -5,6 +5,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::path::PathBuf;
 
 use pgrx::pg_sys;
+use ptrack_core::startup::CorePatch;
 use ptrack_core::walk::Layout;
 use ptrack_core::Lsn;
 
@@ -148,6 +149,21 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
     })
 }
 
+/// `backup_label`'s text, if the data directory has one (a restore from a
+/// backup, a new standby, or pg_rewind). PostgreSQL writes a few hundred bytes;
+/// a larger file is read no further than that could be.
+pub fn read_backup_label() -> Option<String> {
+    use std::io::Read;
+    const MOST: u64 = 64 * 1024;
+    let file = std::fs::File::open(data_dir().join("backup_label")).ok()?;
+    let mut text = String::new();
+    match file.take(MOST).read_to_string(&mut text) {
+        Ok(_) => Some(text),
+        // Present but unreadable or not text: still a restored directory.
+        Err(_) => Some(String::new()),
+    }
+}
+
 /// The REDO LSN of the checkpoint or restartpoint in progress (its sync phase
 /// calls the flush hook).
 pub fn checkpoint_redo() -> Lsn {
@@ -168,6 +184,30 @@ fn lookup(name: &CStr) -> *mut c_void {
     // SAFETY: dlsym with RTLD_DEFAULT only reads the dynamic symbol tables of
     // the process; the postgres binary exports its globals (--export-dynamic).
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+}
+
+/// The version of this project's core patch that `ptrack_core_patch_version`
+/// must at least say: holes reported, extensions marked before and after the
+/// write, pg_rewind keeping the map.
+pub const CORE_PATCH_VERSION: i32 = 1;
+
+/// Looks for the hooks and for the marker the project's patch exports.
+pub fn core_patch() -> CorePatch {
+    if CoreHooks::find().is_err() {
+        return CorePatch::Missing;
+    }
+    let marker = lookup(c"ptrack_core_patch_version") as *const i32;
+    if marker.is_null() {
+        return CorePatch::Foreign;
+    }
+    // SAFETY: the patch defines `const int ptrack_core_patch_version`, an
+    // initialized global in the server binary that nothing writes.
+    let version = unsafe { marker.read() };
+    if version >= CORE_PATCH_VERSION {
+        CorePatch::Ours
+    } else {
+        CorePatch::Foreign
+    }
 }
 
 impl CoreHooks {

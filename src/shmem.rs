@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use ptrack_core::live::{self, LiveHeader, LiveIdentity};
+use ptrack_core::live::{self, LiveFileStat, LiveHeader, LiveIdentity};
 use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
+use ptrack_core::startup::{new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::{Lsn, LsnMap};
 
 use crate::server;
@@ -160,13 +161,27 @@ pub fn live_file_path() -> std::io::Result<PathBuf> {
 /// at shmem startup.
 fn attach_live_file() -> std::io::Result<()> {
     let path = live_file_path()?;
+    // O_NOFOLLOW: a symbolic link planted under the name is refused (ELOOP),
+    // never followed to a file the server's user can write.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|error| refused(&path, error.to_string()))?;
+    let stat = file.metadata()?;
+    let stat = LiveFileStat {
+        is_regular: stat.file_type().is_file(),
+        owner: stat.uid(),
+        mode: stat.mode(),
+        links: stat.nlink(),
+    };
+    // SAFETY: geteuid cannot fail.
+    let server_user = unsafe { libc::geteuid() };
+    live::check_live_file(&stat, server_user).map_err(|why| refused(&path, why.to_string()))?;
     let bytes = LIVE_HEADER_BYTES + LsnMap::region_size(slot_count());
     if file.metadata()?.len() != bytes as u64 {
         // Another map size: its contents are of no use.
@@ -174,8 +189,9 @@ fn attach_live_file() -> std::io::Result<()> {
         file.set_len(bytes as u64)?;
     }
     reserve(&file, bytes)?;
-    // SAFETY: the file is ours (mode 0600 in a name derived from this data
-    // directory) and only ever accessed through this shared mapping, by atomics.
+    // SAFETY: the file was just checked to be a regular file of the server's
+    // user, mode 0600, with no other name: no other user can open, resize or
+    // write it. It is only ever accessed through this shared mapping, by atomics.
     let mapping = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(&file)? };
     let base = Box::leak(Box::new(mapping)).as_mut_ptr();
     // The mapping is page-aligned, so the header and the region after its 64
@@ -183,6 +199,17 @@ fn attach_live_file() -> std::io::Result<()> {
     LIVE_HEADER.store(base.cast(), Ordering::Release);
     let _ = LIVE_PATH.set(path);
     Ok(())
+}
+
+/// A live file that must not be used, said as a WARNING: the map then lives
+/// in shared memory, and a local user may be trying something.
+fn refused(path: &std::path::Path, why: String) -> std::io::Error {
+    warning!(
+        "ptrack: not using \"{}\" for the live map: {why}; the map is kept in shared memory \
+         instead, so marks since the last checkpoint rely on redo after a crash",
+        path.display()
+    );
+    std::io::Error::other(format!("\"{}\" refused: {why}", path.display()))
 }
 
 /// Allocates the file's blocks now: a write to a hole of a full tmpfs would
@@ -238,18 +265,30 @@ fn start_in_shared_memory() {
     };
     REGION.store(region, Ordering::Release);
     if let (false, Some(map)) = (found, shared_map()) {
-        let verdict = verified_map_file();
-        start_map(&map, verdict.file.as_ref(), verdict.floor);
+        let Some(verdict) = verified_map_file() else {
+            REGION.store(std::ptr::null_mut(), Ordering::Release);
+            return;
+        };
+        start_map(&map, &verdict);
     }
     register_final_flush();
 }
 
-/// Fills a cleared map from a verified map file, or leaves it empty with its
-/// init LSN held above `floor`.
-fn start_map(map: &LsnMap<'_>, file: Option<&VerifiedMapFile<memmap2::Mmap>>, floor: Lsn) {
-    match file {
+/// Fills a cleared map from a verified map file, or starts a new one as the
+/// verdict says. In WAL mode the follower starts a new map where it starts
+/// reading, never below the verdict's floor.
+fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
+    match &verdict.file {
         Some(file) => load(map, file),
-        None => map.set_init_floor(floor),
+        None => {
+            map.set_init_at_least(verdict.new_map.floor);
+            if let (Some(init), Some(TrackingMode::Hooks)) =
+                (verdict.new_map.init_now, crate::active_mode())
+            {
+                let init = map.start_tracking_at(init);
+                log!("ptrack: new map complete from init LSN {init}");
+            }
+        }
     }
 }
 
@@ -259,8 +298,9 @@ fn start_in_live_file(region: *mut u8) {
     let Some(map) = (unsafe { LsnMap::from_region(region, slot_count()) }) else {
         return;
     };
-    let verdict = verified_map_file();
-    let file = verdict.file;
+    let Some(verdict) = verified_map_file() else {
+        return;
+    };
     let Some(header) = live_header() else { return };
     let identity = match live_identity(system_identifier()) {
         Ok(identity) => identity,
@@ -273,7 +313,7 @@ fn start_in_live_file(region: *mut u8) {
             }
         }
     };
-    let file_redo = file.as_ref().map(|f| f.meta().checkpoint_redo);
+    let file_redo = verdict.file.as_ref().map(|f| f.meta().checkpoint_redo);
     // In WAL mode the follower reads again from the file's position whatever
     // the live map holds beyond it: resuming would gain nothing.
     let hook_mode = crate::active_mode() == Some(TrackingMode::Hooks);
@@ -298,7 +338,7 @@ fn start_in_live_file(region: *mut u8) {
                 ));
             }
             map.reset();
-            start_map(&map, file.as_ref(), verdict.floor);
+            start_map(&map, &verdict);
         }
     }
     REGION.store(region, Ordering::Release);
@@ -353,18 +393,17 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     }
 }
 
-/// The map file at start, if every check passes, and otherwise the LSN a new
-/// map's init LSN must stay above.
+/// The map file at start if every check passes, and otherwise how a new map
+/// starts; `None` when tracking cannot start at all.
 struct MapFileVerdict {
     file: Option<VerifiedMapFile<memmap2::Mmap>>,
-    /// The highest LSN pg_control or an intact (but rejected) map file records.
-    floor: Lsn,
+    new_map: NewMapStart,
 }
 
-/// Reads `global/pg_control` and `global/ptrack.map`, and returns the map file
-/// if every check passes; otherwise logs a WARNING saying why it is discarded.
-fn verified_map_file() -> MapFileVerdict {
-    let verdict = |file, floor| MapFileVerdict { file, floor };
+/// Reads `global/pg_control`, `backup_label` and the map file, and returns the
+/// map file if every check passes; otherwise logs a WARNING saying why it is
+/// discarded.
+fn verified_map_file() -> Option<MapFileVerdict> {
     let global = server::data_dir().join("global");
     let mode = crate::active_mode().unwrap_or(TrackingMode::Hooks);
     let other_mode = match mode {
@@ -384,46 +423,74 @@ fn verified_map_file() -> MapFileVerdict {
     let control = match server::read_control_file() {
         Ok(control) => control,
         Err(error) => {
-            warning!("ptrack: cannot read pg_control ({error}); discarding the map and starting a new one");
-            // Nothing is known of the LSNs used before: cover none of them.
-            return verdict(None, Lsn(u64::MAX - 1));
+            // The postmaster read it moments ago; nothing is known of the
+            // LSNs used before, so no map may vouch for any of them.
+            warning!(
+                "ptrack: cannot read pg_control ({error}); change tracking is off until the next \
+                 start, and ptrack's functions fail"
+            );
+            return None;
         }
     };
-    let control_floor = control
-        .latest_checkpoint
-        .max(control.latest_checkpoint_redo)
-        .max(control.min_recovery_point);
     SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
     DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
+    let backup_label = server::read_backup_label();
+    let mut facts = StartFacts {
+        primary_shut_down_cleanly: control.primary_shut_down,
+        control_highest: control
+            .latest_checkpoint
+            .max(control.latest_checkpoint_redo)
+            .max(control.min_recovery_point),
+        control_redo: control.latest_checkpoint_redo,
+        backup_label: backup_label
+            .as_ref()
+            .and_then(|text| BackupLabel::parse(text)),
+        rejected_map_highest: None,
+    };
     let expect = Expectation {
         system_identifier: control.system_identifier,
         slot_count: slot_count() as u64,
         latest_checkpoint_redo: control.latest_checkpoint_redo,
         data_checksum_version: control.data_checksum_version,
-        backup_label_present: server::data_dir().join("backup_label").exists(),
+        backup_label_present: backup_label.is_some(),
         mode,
     };
     let path = global.join(name);
-    match mapfile::open_verified(&path, &expect) {
-        Ok(file) => verdict(Some(file), control_floor),
+    let file = match mapfile::open_verified(&path, &expect) {
+        Ok(file) => Some(file),
         Err(MapFileError::Missing) => {
             warning!(
                 "ptrack: map file \"global/{name}\" not found; starting a new map: changes before its init LSN are unknown"
             );
-            verdict(None, control_floor)
+            None
         }
         Err(error) => {
+            if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
+                warning!("{text}");
+            }
             warning!(
                 "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
             );
             // After pg_rewind or a restore, LSNs the old map saw may lie ahead
             // of everything this server will replay first.
-            let recorded = std::fs::read(&path)
-                .ok()
-                .and_then(|bytes| mapfile::highest_lsn_recorded(&bytes));
-            verdict(None, control_floor.max(recorded.unwrap_or(Lsn::INVALID)))
+            facts.rejected_map_highest = recorded_highest(&path, control.system_identifier);
+            None
         }
-    }
+    };
+    Some(MapFileVerdict {
+        file,
+        new_map: new_map_start(&facts),
+    })
+}
+
+/// The highest LSN the rejected map file at `path` records, read through a
+/// mapping: it can be gigabytes, and a start must not fail for want of memory.
+fn recorded_highest(path: &std::path::Path, system_identifier: u64) -> Option<Lsn> {
+    let file = File::open(path).ok()?;
+    // SAFETY: a private read-only mapping of a file in the data directory that
+    // only this (starting) server writes; it is dropped before anything could.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    mapfile::highest_lsn_recorded(&bytes, system_identifier)
 }
 
 fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {

@@ -200,38 +200,42 @@ fn functions_report_changed_blocks() {
     );
 }
 
+/// ptrack 2.4's functions are executable by PUBLIC, and pg_probackup's
+/// documented backup role gets USAGE on the extension's schema and nothing
+/// more for ptrack: out of the box such a role takes PTRACK backups. A DBA who
+/// wants least privilege revokes from PUBLIC and grants to the backup role
+/// (the README's recipe); then only that role may read the maps.
 #[test]
 fn privileges_and_temporary_relations() {
     let mut c = Cluster::new("sql_priv");
     c.start();
-    c.psql("CREATE EXTENSION ptrack; CREATE ROLE tester LOGIN;");
+    c.psql("CREATE SCHEMA ptrack; CREATE EXTENSION ptrack SCHEMA ptrack; CREATE ROLE backup LOGIN; CREATE ROLE snoop LOGIN;");
     let schema = ext_schema(&c);
+    assert_eq!(schema, "ptrack");
     let calls = [
-        "SELECT ptrack_version()".to_string(),
-        "SELECT ptrack_init_lsn()".to_string(),
-        "SELECT count(*) FROM ptrack_get_pagemapset('0/0')".to_string(),
-        "SELECT files FROM ptrack_get_change_stat('0/0')".to_string(),
+        "SELECT ptrack.ptrack_version()",
+        "SELECT ptrack.ptrack_init_lsn()",
+        "SELECT count(*) FROM ptrack.ptrack_get_pagemapset('0/0')",
+        "SELECT files FROM ptrack.ptrack_get_change_stat('0/0')",
     ];
-    let qualified = |sql: &str| sql.replace("ptrack_", &format!("{schema}.ptrack_"));
-    for sql in &calls {
-        let err = c
-            .try_psql_as("postgres", "tester", &qualified(sql))
-            .expect_err(&format!("a role without grants could run {sql}"));
-        assert!(err.contains("permission denied"), "{sql} as tester: {err}");
-    }
-    c.psql(&format!(
-        "GRANT USAGE ON SCHEMA {schema} TO tester;
-         GRANT EXECUTE ON FUNCTION {schema}.ptrack_version(), {schema}.ptrack_init_lsn(),
-           {schema}.ptrack_get_pagemapset(pg_lsn), {schema}.ptrack_get_change_stat(pg_lsn)
-           TO tester;"
-    ));
-    let mut outputs = Vec::new();
-    for sql in &calls {
-        let out = c
-            .try_psql_as("postgres", "tester", &qualified(sql))
-            .unwrap_or_else(|e| panic!("after the GRANTs, tester cannot run {sql}: {e}"));
-        outputs.push(out.trim().to_string());
-    }
+    // As pg_probackup documents it: USAGE on the schema, nothing else.
+    c.psql("GRANT USAGE ON SCHEMA ptrack TO backup, snoop;");
+    let run_all = |role: &str| -> Vec<Result<String, String>> {
+        calls
+            .iter()
+            .map(|sql| {
+                c.try_psql_as("postgres", role, sql)
+                    .map(|out| out.trim().to_string())
+            })
+            .collect()
+    };
+    let outputs: Vec<String> = run_all("backup")
+        .into_iter()
+        .zip(calls)
+        .map(|(out, sql)| {
+            out.unwrap_or_else(|e| panic!("pg_probackup's backup role cannot run {sql}: {e}"))
+        })
+        .collect();
     assert_eq!(outputs[0], "2.4");
     assert!(
         outputs[1].parse::<Lsn>().is_ok(),
@@ -240,14 +244,34 @@ fn privileges_and_temporary_relations() {
     );
     assert!(
         outputs[2].parse::<u64>().is_ok_and(|n| n > 100),
-        "pagemapset('0/0') as tester reports {:?} files",
+        "pagemapset('0/0') as backup reports {:?} files",
         outputs[2]
     );
+
+    // The least-privilege recipe of the README.
+    c.psql(
+        "REVOKE EXECUTE ON FUNCTION ptrack.ptrack_version(), ptrack.ptrack_init_lsn(),
+           ptrack.ptrack_get_pagemapset(pg_lsn), ptrack.ptrack_get_change_stat(pg_lsn),
+           ptrack.ptrack_status() FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION ptrack.ptrack_version(), ptrack.ptrack_init_lsn(),
+           ptrack.ptrack_get_pagemapset(pg_lsn), ptrack.ptrack_get_change_stat(pg_lsn)
+           TO backup;",
+    );
+    for (out, sql) in run_all("snoop").into_iter().zip(calls) {
+        let err = out.expect_err(&format!(
+            "after the REVOKE, a role without grants ran {sql}"
+        ));
+        assert!(err.contains("permission denied"), "{sql} as snoop: {err}");
+    }
+    for (out, sql) in run_all("backup").into_iter().zip(calls) {
+        out.unwrap_or_else(|e| panic!("after the GRANT, backup cannot run {sql}: {e}"));
+    }
 
     // Temporary relations are never reported, even when everything is.
     let l = c.wal_insert_lsn();
     let out = c.psql(&format!(
-        "CREATE TEMP TABLE tt AS
+        "SET search_path = public, ptrack;
+         CREATE TEMP TABLE tt AS
            SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 100000) g;
          CREATE INDEX tt_id ON tt (id);
          CHECKPOINT;

@@ -7,6 +7,7 @@
 //! * [`map`]: the lock-free LSN map that lives in shared memory.
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
 //! * [`relfile`]: relation file names and data-directory paths.
+//! * [`startup`]: where a new map's knowledge starts (its init LSN).
 //! * [`walk`]: the data-directory walk that turns the map into per-segment page maps.
 //! * [`wal`]: the WAL decoder that lets a tracker follow an unpatched server's WAL.
 //!
@@ -18,6 +19,7 @@ pub mod lsn;
 pub mod map;
 pub mod mapfile;
 pub mod relfile;
+pub mod startup;
 pub mod wal;
 pub mod walk;
 

@@ -118,6 +118,49 @@ pub fn parse_boot_id(text: &str) -> Option<[u8; 16]> {
     Some(id)
 }
 
+/// What `fstat` says of an opened live file.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveFileStat {
+    pub is_regular: bool,
+    pub owner: u32,
+    pub mode: u32,
+    pub links: u64,
+}
+
+/// Why an existing file under the live file's name is not adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForeignLiveFile {
+    #[error("it is not a regular file")]
+    NotRegular,
+    #[error("it belongs to user id {0}, not to the server's user")]
+    OtherOwner(u32),
+    #[error("its mode {0:o} lets other users read or write it")]
+    OpenToOthers(u32),
+    #[error("it has {0} hard links: another name reaches the same file")]
+    Linked(u64),
+}
+
+/// The live file's name is predictable and `/dev/shm` is writable by every
+/// local user: a file someone else planted there must never be adopted (its
+/// owner could zero slots or truncate it under a critical section), and one
+/// reached through another name must never be overwritten. Only a regular
+/// file of the server's user, closed to others, with no other name, is ours.
+pub fn check_live_file(stat: &LiveFileStat, server_user: u32) -> Result<(), ForeignLiveFile> {
+    if !stat.is_regular {
+        return Err(ForeignLiveFile::NotRegular);
+    }
+    if stat.owner != server_user {
+        return Err(ForeignLiveFile::OtherOwner(stat.owner));
+    }
+    if stat.mode & 0o077 != 0 {
+        return Err(ForeignLiveFile::OpenToOthers(stat.mode & 0o7777));
+    }
+    if stat.links != 1 {
+        return Err(ForeignLiveFile::Linked(stat.links));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +231,46 @@ mod tests {
         assert_eq!(parse_boot_id("nonsense"), None);
         assert_eq!(parse_boot_id("0f8fad5b-d9cb-469f-a165-70867728950"), None);
         assert_eq!(std::mem::size_of::<LiveHeader>(), 64);
+    }
+
+    #[test]
+    fn only_a_private_file_of_the_servers_user_is_adopted() {
+        let ours = LiveFileStat {
+            is_regular: true,
+            owner: 105,
+            mode: 0o100600,
+            links: 1,
+        };
+        assert_eq!(check_live_file(&ours, 105), Ok(()));
+        let planted = LiveFileStat {
+            owner: 65534,
+            mode: 0o100666,
+            ..ours
+        };
+        assert_eq!(
+            check_live_file(&planted, 105),
+            Err(ForeignLiveFile::OtherOwner(65534))
+        );
+        let shared = LiveFileStat {
+            mode: 0o100660,
+            ..ours
+        };
+        assert_eq!(
+            check_live_file(&shared, 105),
+            Err(ForeignLiveFile::OpenToOthers(0o660))
+        );
+        let hard_link = LiveFileStat { links: 2, ..ours };
+        assert_eq!(
+            check_live_file(&hard_link, 105),
+            Err(ForeignLiveFile::Linked(2))
+        );
+        let fifo = LiveFileStat {
+            is_regular: false,
+            ..ours
+        };
+        assert_eq!(
+            check_live_file(&fifo, 105),
+            Err(ForeignLiveFile::NotRegular)
+        );
     }
 }

@@ -277,12 +277,10 @@ impl<'a> LsnMap<'a> {
         self.state.wal_read_to.store(0, Ordering::Release);
     }
 
-    /// A new map's init LSN will be above `floor`: every LSN up to it may have
-    /// been a backup's start before this map existed.
-    pub fn set_init_floor(&self, floor: Lsn) {
-        self.state
-            .init_floor
-            .fetch_max(floor.0.saturating_add(1), Ordering::AcqRel);
+    /// A new map's init LSN will be at least `lowest`: LSNs below it may have
+    /// been used before the map was started (see `crate::startup`).
+    pub fn set_init_at_least(&self, lowest: Lsn) {
+        self.state.init_floor.fetch_max(lowest.0, Ordering::AcqRel);
     }
 
     pub fn flushed_redo(&self) -> Lsn {
@@ -583,12 +581,12 @@ mod tests {
     }
 
     #[test]
-    fn a_new_map_starts_above_its_floor() {
+    fn a_new_map_starts_at_or_above_its_floor() {
         // After pg_rewind, replay marks with LSNs below what the old primary
         // reached; the init LSN must not claim that interval.
         let owned = OwnedLsnMap::new(64);
         let map = owned.view();
-        map.set_init_floor(Lsn(5000));
+        map.set_init_at_least(Lsn(5001));
         map.mark(&key(1, 1), Lsn(3000));
         assert_eq!(map.init_lsn(), Lsn(5001));
         assert!(

@@ -163,8 +163,41 @@ pub enum MapFileError {
     },
 }
 
+impl MapFileError {
+    /// What ptrack 2.4 logs for the same condition, word for word, where it
+    /// logs one: operators and tools search logs for these texts. `path` is
+    /// the file's full path, as 2.4 prints it.
+    pub fn ptrack24_text(&self, path: &str) -> Option<String> {
+        match self {
+            MapFileError::ChecksumMismatch { .. } => Some(format!(
+                "ptrack read map: incorrect checksum of file \"{path}\""
+            )),
+            MapFileError::BadMagic => Some(format!(
+                "ptrack read map: wrong map format of file \"{path}\""
+            )),
+            MapFileError::UnsupportedVersion { found } => Some(format!(
+                "ptrack read map: map format version {found} in the file \"{path}\" is \
+                 incompatible with file format of extension {FORMAT_VERSION}"
+            )),
+            MapFileError::WrongLength { found, expected } => Some(format!(
+                "ptrack init: unexpected \"{path}\" file size {found} != {expected}, deleting"
+            )),
+            MapFileError::WrongSlotCount { found, expected } => Some(format!(
+                "ptrack init: unexpected \"{path}\" file size {} != {}, deleting",
+                file_len(*found),
+                file_len(*expected)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The length of a map file of `slot_count` slots; `u64::MAX`, which no file
+/// has, for counts whose file could not exist (a damaged header's count).
 pub fn file_len(slot_count: u64) -> u64 {
-    HEADER_LEN as u64 + slot_count * 8 + TRAILER_LEN as u64
+    slot_count
+        .saturating_mul(8)
+        .saturating_add((HEADER_LEN + TRAILER_LEN) as u64)
 }
 
 fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
@@ -423,12 +456,17 @@ pub fn verify<B: AsRef<[u8]>>(
     Ok(VerifiedMapFile { bytes, meta })
 }
 
-/// The highest LSN an intact map file (CRC, magic and version good) records —
-/// its init LSN, checkpoint REDO, WAL position and largest slot — even when it fails the
-/// other checks (stale, restored, rewound). A map that replaces it must start
-/// above this. `None` for a damaged file, whose numbers mean nothing.
-pub fn highest_lsn_recorded(bytes: &[u8]) -> Option<Lsn> {
+/// The highest LSN an intact map file (CRC, magic and version good) of the
+/// cluster `system_identifier` records — its init LSN, checkpoint REDO, WAL
+/// position and largest slot — even when it fails the other checks (stale,
+/// restored, rewound). A map that replaces it must start above this. `None`
+/// for a damaged file, whose numbers mean nothing, and for another cluster's,
+/// whose LSNs say nothing of this one's.
+pub fn highest_lsn_recorded(bytes: &[u8], system_identifier: u64) -> Option<Lsn> {
     if bytes.len() < HEADER_LEN + TRAILER_LEN || (bytes.len() - HEADER_LEN - TRAILER_LEN) % 8 != 0 {
+        return None;
+    }
+    if u64_at(bytes, 16) != system_identifier {
         return None;
     }
     let crc_at = bytes.len() - TRAILER_LEN;
@@ -668,25 +706,82 @@ mod tests {
             ),
             Err(MapFileError::RestoredOrRewound)
         ));
-        assert_eq!(highest_lsn_recorded(&bytes), Some(Lsn(0x5000)));
+        assert_eq!(highest_lsn_recorded(&bytes, SYSID), Some(Lsn(0x5000)));
         let mut ahead = bytes.clone();
         ahead[56..64].copy_from_slice(&0x7777u64.to_le_bytes());
         reseal(&mut ahead);
-        assert_eq!(highest_lsn_recorded(&ahead), Some(Lsn(0x7777)));
+        assert_eq!(highest_lsn_recorded(&ahead, SYSID), Some(Lsn(0x7777)));
+    }
+
+    #[test]
+    fn an_absurd_slot_count_in_the_header_is_a_wrong_length_not_a_panic() {
+        // Found by fuzz/fuzz_targets/map_file.rs: the length check named the
+        // likelier cause with `file_len` of the header's slot count, which
+        // overflowed (a panic where overflow checks are on).
+        let mut bytes = image(&[1, 2, 3]);
+        bytes[24..32].copy_from_slice(&((1u64 << 61) + 3).to_le_bytes());
+        reseal(&mut bytes);
+        assert!(matches!(
+            verify(&bytes, &expect(4)),
+            Err(MapFileError::WrongLength { .. })
+        ));
+        assert_eq!(file_len(u64::MAX), u64::MAX);
     }
 
     #[test]
     fn the_highest_lsn_of_an_intact_file_survives_its_rejection() {
         let bytes = image(&[10, 0x9000, 30]);
-        assert_eq!(highest_lsn_recorded(&bytes), Some(Lsn(0x9000)));
+        assert_eq!(highest_lsn_recorded(&bytes, SYSID), Some(Lsn(0x9000)));
         let mut stale = bytes.clone();
         stale[40..48].copy_from_slice(&0x1_0000u64.to_le_bytes());
         reseal(&mut stale);
-        assert_eq!(highest_lsn_recorded(&stale), Some(Lsn(0x1_0000)));
+        assert_eq!(highest_lsn_recorded(&stale, SYSID), Some(Lsn(0x1_0000)));
         let mut damaged = bytes.clone();
         damaged[70] ^= 1;
-        assert_eq!(highest_lsn_recorded(&damaged), None);
-        assert_eq!(highest_lsn_recorded(&bytes[..20]), None);
+        assert_eq!(highest_lsn_recorded(&damaged, SYSID), None);
+        assert_eq!(highest_lsn_recorded(&bytes[..20], SYSID), None);
+    }
+
+    #[test]
+    fn rejections_ptrack_2_4_logs_keep_its_words() {
+        let path = "/data/global/ptrack.map";
+        let crc = MapFileError::ChecksumMismatch {
+            stored: 1,
+            computed: 2,
+        };
+        assert_eq!(
+            crc.ptrack24_text(path).as_deref(),
+            Some("ptrack read map: incorrect checksum of file \"/data/global/ptrack.map\"")
+        );
+        assert_eq!(
+            MapFileError::BadMagic.ptrack24_text(path).as_deref(),
+            Some("ptrack read map: wrong map format of file \"/data/global/ptrack.map\"")
+        );
+        let resized = MapFileError::WrongSlotCount {
+            found: 1,
+            expected: 2,
+        };
+        assert_eq!(
+            resized.ptrack24_text(path).as_deref(),
+            Some(
+                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 80 != 88, deleting"
+            )
+        );
+        assert_eq!(MapFileError::RestoredOrRewound.ptrack24_text(path), None);
+    }
+
+    #[test]
+    fn another_clusters_map_raises_no_floor() {
+        // A foreign map file planted in (or copied into) global/ must not push
+        // this cluster's init LSN up to LSNs it will not reach for years.
+        let mut foreign = image(&[10, u64::MAX - 5, 30]);
+        foreign[16..24].copy_from_slice(&(SYSID ^ 1).to_le_bytes());
+        reseal(&mut foreign);
+        assert_eq!(highest_lsn_recorded(&foreign, SYSID), None);
+        assert_eq!(
+            highest_lsn_recorded(&foreign, SYSID ^ 1),
+            Some(Lsn(u64::MAX - 5))
+        );
     }
 
     #[test]
