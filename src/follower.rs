@@ -205,38 +205,7 @@ impl<'a> Follower<'a> {
     }
 
     fn apply(&self, effect: RecordEffect, lsn: Lsn) {
-        match effect {
-            RecordEffect::Block(block) => self.map.mark(&block, lsn),
-            RecordEffect::Cut { file, length } => self.map.mark_cut(&file, length, lsn),
-            RecordEffect::CopiedDatabase {
-                tablespace,
-                database,
-            } => {
-                let relative = DatabaseDir {
-                    tablespace,
-                    database,
-                }
-                .relative_path(&server::layout().tablespace_version_dir);
-                if let Err(error) = walk::mark_copied_directory(
-                    &self.map,
-                    &server::data_dir(),
-                    &relative,
-                    &server::layout(),
-                    lsn,
-                ) {
-                    // The directory is gone again (dropped since) or unreadable:
-                    // either way nothing of it can be vouched for.
-                    if error.kind() != std::io::ErrorKind::NotFound {
-                        self.map.forget_before(lsn);
-                        warning!(
-                            "ptrack: could not mark the blocks of copied database directory \
-                             \"{relative}\" ({error}); changes before {lsn} are now unknown \
-                             (new init LSN)"
-                        );
-                    }
-                }
-            }
-        }
+        apply_effect(&self.map, effect, lsn);
     }
 
     /// The WAL cannot be read on. The follower exits; restarted, it resumes
@@ -270,6 +239,67 @@ impl<'a> Follower<'a> {
             ),
         }
     }
+}
+
+/// Marks what one record did, as of `lsn` (the record's end).
+fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn) {
+    match effect {
+        RecordEffect::Block(block) => map.mark(&block, lsn),
+        RecordEffect::Cut { file, length } => map.mark_cut(&file, length, lsn),
+        RecordEffect::CopiedDatabase {
+            tablespace,
+            database,
+        } => {
+            let relative = DatabaseDir {
+                tablespace,
+                database,
+            }
+            .relative_path(&server::layout().tablespace_version_dir);
+            if let Err(error) = walk::mark_copied_directory(
+                map,
+                &server::data_dir(),
+                &relative,
+                &server::layout(),
+                lsn,
+            ) {
+                // The directory is gone again (dropped since) or unreadable:
+                // either way nothing of it can be vouched for.
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    map.forget_before(lsn);
+                    warning!(
+                        "ptrack: could not mark the blocks of copied database directory \
+                         \"{relative}\" ({error}); changes before {lsn} are now unknown \
+                         (new init LSN)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Hook mode, at a start after a crash that lost the live map: marks every
+/// block the WAL from `from` (the loaded map file's REDO) on references, as
+/// WAL mode would, and returns where that WAL ends (PostgreSQL's end of log).
+///
+/// Crash recovery re-marks a page only when it writes it, and it skips a
+/// record whose page on disk already carries it: with `full_page_writes`
+/// off (or off for a while), a page written after the map file and before
+/// the crash would never be marked again. Reading the WAL itself does not
+/// depend on that. Any error ends the WAL here, as it ends recovery.
+pub fn mark_wal_after_crash(map: &LsnMap<'_>, from: Lsn, timeline: u32) -> Option<Lsn> {
+    let format = WalFormat::for_major(server::major_version(), server::wal_segment_size())?;
+    let source = SegmentDirSource::new(server::pg_wal_dir(), format, timeline);
+    let mut reader = WalReader::at_record(source, format, from);
+    let mut records = 0u64;
+    while let Ok(Some(record)) = reader.next_record(Lsn(u64::MAX)) {
+        for effect in record_effects(&record) {
+            apply_effect(map, effect, record.end);
+        }
+        records += 1;
+    }
+    let end = reader.next_record_start();
+    log!("ptrack: marked the blocks of {records} WAL records from {from} to {end} that crash recovery replays");
+    Some(end)
 }
 
 /// Whether `pg_wal` holds the segment file of `lsn`, on any timeline.

@@ -154,7 +154,9 @@ fn flush_map() {
     let Some(map) = shmem::shared_map() else {
         return;
     };
-    if let Err(error) = persist_map(&map, server::checkpoint_redo()) {
+    let redo = server::checkpoint_redo();
+    shmem::check_crash_scan(&map, redo);
+    if let Err(error) = persist_map(&map, redo) {
         warning!(
             "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
              discarded at the next start unless a later checkpoint writes it",

@@ -119,6 +119,8 @@ pub struct ControlFacts {
     /// ... and it was a primary's, which always ends with a shutdown
     /// checkpoint (a standby may skip its shutdown restartpoint).
     pub primary_shut_down: bool,
+    /// The timeline of the latest checkpoint: crash recovery reads its WAL.
+    pub timeline: u32,
 }
 
 /// Reads `global/pg_control`. The postmaster has already verified its CRC by
@@ -146,6 +148,7 @@ pub fn read_control_file() -> std::io::Result<ControlFacts> {
             pg_sys::DBState::DB_SHUTDOWNED | pg_sys::DBState::DB_SHUTDOWNED_IN_RECOVERY
         ),
         primary_shut_down: control.state == pg_sys::DBState::DB_SHUTDOWNED,
+        timeline: control.checkPointCopy.ThisTimeLineID,
     })
 }
 
@@ -245,6 +248,11 @@ impl CoreHooks {
 /// The server's major version, as compiled into these bindings.
 pub fn major_version() -> u32 {
     pg_sys::PG_VERSION_NUM / 10000
+}
+
+/// Bytes per WAL page (`XLOG_BLCKSZ`), fixed at build time.
+pub fn wal_page_bytes() -> u64 {
+    u64::from(pg_sys::XLOG_BLCKSZ)
 }
 
 /// Bytes per WAL segment file, fixed at initdb.

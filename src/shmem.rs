@@ -19,7 +19,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use ptrack_core::live::{self, LiveFileStat, LiveHeader, LiveIdentity};
 use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
-use ptrack_core::startup::{new_map_start, BackupLabel, NewMapStart, StartFacts};
+use ptrack_core::startup::{self, new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::{Lsn, LsnMap};
 
 use crate::server;
@@ -279,7 +279,14 @@ fn start_in_shared_memory() {
 /// reading, never below the verdict's floor.
 fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
     match &verdict.file {
-        Some(file) => load(map, file),
+        Some(file) => {
+            load(map, file);
+            if let (Some(timeline), Some(TrackingMode::Hooks)) =
+                (verdict.crash_recovery_on, crate::active_mode())
+            {
+                mark_what_recovery_replays(map, file.meta().checkpoint_redo, timeline, verdict);
+            }
+        }
         None => {
             map.set_init_at_least(verdict.new_map.floor);
             if let (Some(init), Some(TrackingMode::Hooks)) =
@@ -345,6 +352,54 @@ fn start_in_live_file(region: *mut u8) {
     register_final_flush();
 }
 
+/// Where the WAL read at start after a crash ended; 0 when none was read or
+/// its end was checked against the checkpoint that ended recovery. Set in the
+/// postmaster, inherited by the checkpointer.
+static CRASH_SCAN_END: AtomicU64 = AtomicU64::new(0);
+
+/// The live map was lost in a crash (tmpfs emptied by an OS crash) and the
+/// map file is loaded: the marks since the file's REDO come from the WAL that
+/// crash recovery replays (see `follower::mark_wal_after_crash`).
+fn mark_what_recovery_replays(
+    map: &LsnMap<'_>,
+    from: Lsn,
+    timeline: u32,
+    verdict: &MapFileVerdict,
+) {
+    match crate::follower::mark_wal_after_crash(map, from, timeline) {
+        Some(end) => CRASH_SCAN_END.store(end.0, Ordering::Release),
+        None => {
+            warning!(
+                "ptrack: cannot read the WAL of PostgreSQL {} to mark what crash recovery \
+                 replays; starting a new map",
+                server::major_version()
+            );
+            map.reset();
+            map.set_init_at_least(verdict.new_map.floor);
+        }
+    }
+}
+
+/// At each map flush after a start that read the WAL: the first checkpoint
+/// whose REDO is at or past the scan's end is the one that ended recovery,
+/// and it must begin where the scan ended. Otherwise recovery replayed WAL
+/// the scan did not read (a timeline switch, say), and nothing before that
+/// checkpoint can be vouched for.
+pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
+    let end = Lsn(CRASH_SCAN_END.load(Ordering::Acquire));
+    if !end.is_valid() || redo < end {
+        return;
+    }
+    CRASH_SCAN_END.store(0, Ordering::Release);
+    if !startup::scan_reached_recovery_end(end, redo, server::wal_page_bytes()) {
+        map.forget_before(redo);
+        warning!(
+            "ptrack: crash recovery replayed WAL up to {redo}, beyond the {end} ptrack read at \
+             start; changes before {redo} are now unknown (new init LSN)"
+        );
+    }
+}
+
 /// Registers [`final_flush`] in the postmaster. Re-registered at every shmem
 /// startup: re-creating shared memory after a crash clears the callbacks.
 fn register_final_flush() {
@@ -398,6 +453,9 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
 struct MapFileVerdict {
     file: Option<VerifiedMapFile<memmap2::Mmap>>,
     new_map: NewMapStart,
+    /// The server did not shut down cleanly: crash recovery will replay the
+    /// WAL from the latest checkpoint, on this timeline.
+    crash_recovery_on: Option<u32>,
 }
 
 /// Reads `global/pg_control`, `backup_label` and the map file, and returns the
@@ -480,6 +538,7 @@ fn verified_map_file() -> Option<MapFileVerdict> {
     Some(MapFileVerdict {
         file,
         new_map: new_map_start(&facts),
+        crash_recovery_on: (!control.cleanly_shut_down).then_some(control.timeline),
     })
 }
 

@@ -152,6 +152,18 @@ pub fn new_map_start(facts: &StartFacts) -> NewMapStart {
     }
 }
 
+/// Whether WAL read up to `end` (a reader's next record start) reached the
+/// end of the WAL that crash recovery replayed, given the REDO LSN `redo` of
+/// the checkpoint that ends recovery: that checkpoint begins where the WAL
+/// ended, after the header of a new page when the WAL ended at a page end.
+pub fn scan_reached_recovery_end(end: Lsn, redo: Lsn, page_bytes: u64) -> bool {
+    const LONGEST_PAGE_HEADER: u64 = 40;
+    redo <= end
+        || (page_bytes != 0
+            && end.0 % page_bytes == 0
+            && redo.0 <= end.0.saturating_add(LONGEST_PAGE_HEADER))
+}
+
 fn next(lsn: Lsn) -> Lsn {
     if lsn.is_valid() {
         Lsn(lsn.0.saturating_add(1))
@@ -163,6 +175,38 @@ fn next(lsn: Lsn) -> Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_that_stopped_short_of_the_recovery_end_is_caught() {
+        let page = 8192;
+        assert!(scan_reached_recovery_end(
+            Lsn(0x4000130),
+            Lsn(0x4000130),
+            page
+        ));
+        // Ended at a page end: the checkpoint starts after the next header.
+        assert!(scan_reached_recovery_end(
+            Lsn(0x4002000),
+            Lsn(0x4002018),
+            page
+        ));
+        assert!(scan_reached_recovery_end(
+            Lsn(0x4000000),
+            Lsn(0x4000028),
+            page
+        ));
+        // One record (or more) of WAL the scan did not read.
+        assert!(!scan_reached_recovery_end(
+            Lsn(0x4000130),
+            Lsn(0x4000168),
+            page
+        ));
+        assert!(!scan_reached_recovery_end(
+            Lsn(0x4002000),
+            Lsn(0x4002060),
+            page
+        ));
+    }
 
     #[test]
     fn hooks_are_trusted_only_with_this_projects_patch() {
