@@ -18,6 +18,7 @@
 #
 # PTRACK_TEST_MAJORS="17" limits the majors; PTRACK_TEST_SEGSIZE=0 skips the
 # small-segment run; PTRACK_TEST_WAL=0 skips the WAL-mode runs;
+# PTRACK_TEST_PACKAGE=0 skips the Debian package test (scripts/test-package.sh);
 # PTRACK_TEST_FILTER is a cargo test name filter.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,4 +57,10 @@ if [ "${PTRACK_TEST_WAL:-1}" = 1 ]; then
 	wal_tests=(--test cold_copy --test sql_api --test standby --test wal_mode)
 	run_suite wal 15 debian "${wal_tests[@]}"
 	run_suite wal 17 test "${wal_tests[@]}"
+fi
+# Last: the package replaces, then restores, the copy the debian-15 WAL run
+# installed into /usr/lib/postgresql/15, and its build reuses that run's.
+if [ "${PTRACK_TEST_PACKAGE:-1}" = 1 ]; then
+	echo "=== Debian package postgresql-15-ptrack (Debian's unpatched 15, WAL mode)"
+	"$repo/scripts/test-package.sh" 15
 fi
