@@ -209,12 +209,20 @@ impl<'a> Follower<'a> {
     }
 
     /// The WAL cannot be read on. The follower exits; restarted, it resumes
-    /// here if the WAL is back (a transient error) and otherwise starts anew
+    /// here if the WAL is there (a transient error) and otherwise starts anew
     /// at the latest checkpoint with a new init LSN (`claim_wal`). Damaged WAL
     /// is skipped the same way: what it held is unknown.
     fn unreadable(&mut self, error: WalError) -> ! {
         let at = self.reader.next_record_start();
-        if !matches!(error, WalError::SegmentMissing { .. }) {
+        // A file that is missing, cannot be opened or read for now (EMFILE,
+        // EACCES) or is still being written: the WAL may be back after the
+        // restart, which checks whether it is. Only WAL that reads as damaged
+        // is given up here.
+        let transient = matches!(
+            error,
+            WalError::SegmentMissing { .. } | WalError::Io { .. } | WalError::ShortSegment { .. }
+        );
+        if !transient {
             self.map.set_wal_tracked_through(Lsn::INVALID);
         }
         error!("ptrack: the WAL follower cannot read the WAL at {at}: {error}");

@@ -109,7 +109,7 @@ fn new_cluster(name: &str) -> Cluster {
 }
 
 /// Stops, lets `damage` spoil the map, starts, and checks the map was
-/// discarded: WARNING, init LSN moved forward past everything before the stop,
+/// discarded: WARNING, init LSN moved forward to the shutdown checkpoint,
 /// and every block of `known` reported for an LSN from before the stop.
 fn expect_discard(
     c: &mut Cluster,
@@ -119,7 +119,9 @@ fn expect_discard(
     damage: impl FnOnce(&Cluster),
 ) {
     let old_init = c.init_lsn();
-    let mid = c.wal_insert_lsn();
+    // Just before the shutdown checkpoint, which a new map may vouch from
+    // (nothing is written after it): an LSN only the old map could answer.
+    let mid = Lsn(c.wal_insert_lsn().0 - 1);
     let before = c.pagemapset(mid);
     assert!(
         before.get(&known.0).is_none(),
@@ -363,7 +365,8 @@ fn map_size_changes() {
 
     // Back on: no file, so a new map and a new init LSN.
     let mid = {
-        let cd = c.controldata_redo_lsn();
+        // Before the shutdown checkpoint the new map starts at.
+        let cd = Lsn(c.controldata_redo_lsn().0 - 1);
         c.set_conf("ptrack.map_size", &MAP_SIZE_MB.to_string());
         cd
     };

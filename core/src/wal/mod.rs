@@ -69,6 +69,7 @@ pub mod page;
 pub mod reader;
 pub mod record;
 pub mod source;
+pub mod timeline;
 
 #[cfg(test)]
 mod testing;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{WalError, WalFormat};
 use crate::lsn::Lsn;
+use crate::wal::timeline::TimelineHistory;
 
 /// Where WAL pages come from.
 pub trait WalSource {
@@ -64,39 +65,44 @@ struct OpenSegment {
 
 /// Reads the segment files of a `pg_wal` directory.
 ///
-/// For each segment it reads the file with the highest timeline at or below
-/// `max_timeline`: after a promotion the new timeline's copy of the segment
-/// holding the switch point has the history that continues, while the old
-/// timeline's copy may go on with WAL the new timeline never had.
+/// Each segment is read from the timeline the current timeline's history
+/// assigns it (see [`TimelineHistory`]): the newest ancestor that had begun
+/// by the segment's start. A segment file of any other timeline — a sibling
+/// branch, a copied or restored `pg_wal` — is never read, and a segment whose
+/// file on that timeline is absent is missing.
 ///
 /// The current file stays open between reads; the file is looked up again
-/// when the segment or the maximum timeline changes.
+/// when the segment or the timeline changes.
 pub struct SegmentDirSource {
     pg_wal: PathBuf,
     format: WalFormat,
-    max_timeline: u32,
+    history: TimelineHistory,
     open: Option<OpenSegment>,
 }
 
 impl SegmentDirSource {
-    pub fn new(pg_wal: PathBuf, format: WalFormat, max_timeline: u32) -> Self {
+    /// Reads the WAL of timeline `timeline` and its ancestors.
+    pub fn new(pg_wal: PathBuf, format: WalFormat, timeline: u32) -> Self {
+        let history = load_history(&pg_wal, timeline);
         SegmentDirSource {
             pg_wal,
             format,
-            max_timeline,
+            history,
             open: None,
         }
     }
 
+    /// The server moved to timeline `tli` (a promotion, or a standby
+    /// following one): its history file says where the WAL comes from now.
     pub fn set_max_timeline(&mut self, tli: u32) {
-        if tli != self.max_timeline {
-            self.max_timeline = tli;
+        if tli != self.history.current() {
+            self.history = load_history(&self.pg_wal, tli);
             self.open = None;
         }
     }
 
     pub fn max_timeline(&self) -> u32 {
-        self.max_timeline
+        self.history.current()
     }
 
     /// The file pages are being read from, if one is open.
@@ -104,28 +110,21 @@ impl SegmentDirSource {
         self.open.as_ref().map(|open| open.path.as_path())
     }
 
-    /// The name of the file holding `segment`, by directory listing.
+    /// The name of the file holding `segment` on the timeline its history
+    /// assigns it.
     fn find_file(&self, segment: u64) -> Result<Option<String>, WalError> {
-        let io_error = |source| WalError::Io {
-            path: self.pg_wal.clone(),
-            source,
-        };
-        let mut best: Option<(u32, String)> = None;
-        for entry in fs::read_dir(&self.pg_wal).map_err(io_error)? {
-            let entry = entry.map_err(io_error)?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let Some((timeline, found)) = parse_segment_file_name(&name, self.format.segment_size)
-            else {
-                continue;
-            };
-            let better = best.as_ref().is_none_or(|(best, _)| timeline > *best);
-            if found == segment && timeline <= self.max_timeline && better {
-                best = Some((timeline, name));
-            }
+        let timeline = self
+            .history
+            .timeline_of_segment(segment, self.format.segment_size);
+        let name = segment_file_name(timeline, segment, self.format.segment_size);
+        match fs::symlink_metadata(self.pg_wal.join(&name)) {
+            Ok(_) => Ok(Some(name)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(WalError::Io {
+                path: self.pg_wal.join(&name),
+                source,
+            }),
         }
-        Ok(best.map(|(_, name)| name))
     }
 
     fn open_segment(&mut self, segment: u64) -> Result<&OpenSegment, WalError> {
@@ -185,6 +184,13 @@ impl WalSource for SegmentDirSource {
     }
 }
 
+/// The history of `timeline`; without a readable history file, the
+/// timeline alone (its ancestors' segments are then missing: safe, the
+/// follower starts again where the WAL is readable).
+fn load_history(pg_wal: &Path, timeline: u32) -> TimelineHistory {
+    TimelineHistory::load(pg_wal, timeline).unwrap_or_else(|_| TimelineHistory::only(timeline))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_highest_timeline_not_above_the_maximum() {
+    fn reads_each_segment_from_the_timeline_its_history_names() {
         let dir =
             TempDir(std::env::temp_dir().join(format!("ptrack-wal-source-{}", std::process::id())));
         let _ = fs::remove_dir_all(&dir.0);
@@ -236,21 +242,42 @@ mod tests {
             let name = segment_file_name(timeline, segment, 1 << 20);
             fs::write(dir.0.join(name), [page(fill), page(fill + 1)].concat()).unwrap();
         }
+        // Timeline 3 branched off 2 in segment 3; 4 branched off 1 in segment 3
+        // (2 and 3 are a sibling branch of 4).
+        fs::write(dir.0.join("00000002.history"), "1\t0/300000\tr\n").unwrap();
+        fs::write(
+            dir.0.join("00000003.history"),
+            "1\t0/300000\tr\n2\t0/300100\tr\n",
+        )
+        .unwrap();
+        fs::write(dir.0.join("00000004.history"), "1\t0/300000\tr\n").unwrap();
         fs::write(dir.0.join("000000020000000000000003.partial"), page(0xEE)).unwrap();
-        let mut source = SegmentDirSource::new(dir.0.clone(), format, 3);
+        let mut source = SegmentDirSource::new(dir.0.clone(), format, 2);
         let mut buf = vec![0u8; 8192];
         let segment3 = 3 << 20;
         source.read_page(Lsn(segment3 + 8192), &mut buf).unwrap();
         assert_eq!(buf[0], 0x23, "timeline 2's file, its second page");
-        source.read_page(Lsn(4 << 20), &mut buf).unwrap();
-        assert_eq!(buf[0], 0x14);
-        source.set_max_timeline(9);
+        // Timeline 2 began in segment 3: segment 4 would be timeline 2's too.
+        assert!(matches!(
+            source.read_page(Lsn(4 << 20), &mut buf),
+            Err(WalError::SegmentMissing { .. })
+        ));
+        // Timeline 3 has no file of its own for segment 3: the sibling's
+        // (timeline 4's) or the parent's must not stand in for it.
+        source.set_max_timeline(3);
+        assert!(matches!(
+            source.read_page(Lsn(segment3), &mut buf),
+            Err(WalError::SegmentMissing { .. })
+        ));
+        source.set_max_timeline(4);
         source.read_page(Lsn(segment3), &mut buf).unwrap();
         assert_eq!(buf[0], 0x44);
         assert!(source
             .current_file()
             .unwrap()
             .ends_with("000000040000000000000003"));
+        // Segment 2 of timeline 4 comes from timeline 1: its file is absent.
+        source.read_page(Lsn(2 << 20), &mut buf).unwrap_err();
         source.set_max_timeline(1);
         source.read_page(Lsn(segment3), &mut buf).unwrap();
         assert_eq!(buf[0], 0x11);
