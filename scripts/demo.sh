@@ -1,35 +1,62 @@
 #!/usr/bin/env bash
-# The demo: sets everything up (scripts/setup.sh), starts a throwaway cluster
-# with ptrack, runs a pgbench workload, and shows what an incremental backup
-# since the workload's start would copy, and how long ptrack took to say so.
-# As root, on a fresh machine:
+# The demo: a real FULL backup and a real incremental one of a throwaway
+# cluster with ptrack, the chain restored by PostgreSQL's own pg_combinebackup
+# (and checked by pg_verifybackup), the restored server started and compared
+# with the source. As root, on a fresh machine:
 #
 #   scripts/demo.sh
 #
 # Environment: DEMO_SCALE (pgbench scale, default 50 = ~750 MB),
-# DEMO_SECONDS (workload duration, default 30), DEMO_KEEP=1 keeps the cluster.
+# DEMO_TRANSACTIONS (pgbench transactions between the backups, default 2000:
+# a few per cent of the blocks), DEMO_KEEP=1 keeps everything,
+# PTRACK_PG_MAJOR (17 by default; 15 restores with ptrack-backup itself).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 scale=${DEMO_SCALE:-50}
-seconds=${DEMO_SECONDS:-30}
+transactions=${DEMO_TRANSACTIONS:-2000}
 prefix=$("$repo/scripts/setup.sh" | tail -n1)
 bin=$prefix/bin
+major=$("$bin/pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+echo "== building ptrack-backup"
+cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p ptrack-backup \
+	--target-dir "$repo/target/tools"
+tool=$repo/target/tools/release/ptrack-backup
 
 work=$(mktemp -d /tmp/ptrack-demo.XXXXXX)
 chown postgres: "$work"
+chmod 0755 "$work"
 pgdata=$work/data
+restored=$work/restored
 port=$((54000 + RANDOM % 1000))
+restored_port=$((port + 1000))
 as_pg() { runuser -u postgres -- "$@"; }
-psql_demo() { as_pg "$bin/psql" -X -h "$work" -p "$port" -d postgres -v ON_ERROR_STOP=1 "$@"; }
-cleanup() {
+psql_at() { as_pg "$bin/psql" -X -h "$work" -p "$1" -d postgres -v ON_ERROR_STOP=1 -At "${@:2}"; }
+stop_all() {
 	# A clean stop writes the map and frees the live map in /dev/shm.
+	as_pg "$bin/pg_ctl" -D "$restored" -m fast stop >/dev/null 2>&1 || true
 	as_pg "$bin/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
-	[ "${DEMO_KEEP:-0}" = 1 ] && { echo "cluster kept in $work (port $port)"; return; }
+}
+cleanup() {
+	stop_all
+	[ "${DEMO_KEEP:-0}" = 1 ] && { echo "kept in $work (port $port)"; return; }
 	rm -rf "$work"
 }
 trap cleanup EXIT
+seconds_since() { echo "$(( $(date +%s%N) / 1000000 - $1 ))" | awk '{printf "%.1f s", $1 / 1000}'; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+mb() { du -sm "$1" | cut -f1; }
+# A digest of every pgbench table, in key order: equal digests, equal data.
+digest() {
+	psql_at "$1" <<'SQL'
+SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM (
+  SELECT 'a' || aid || ':' || abalance AS t FROM pgbench_accounts
+  UNION ALL SELECT 'b' || bid || ':' || bbalance FROM pgbench_branches
+  UNION ALL SELECT 't' || tid || ':' || tbalance FROM pgbench_tellers
+  UNION ALL SELECT 'h' || count(*) FROM pgbench_history) s;
+SQL
+}
 
-echo "== a throwaway cluster with ptrack in $pgdata"
+echo "== a throwaway cluster with ptrack (PostgreSQL $major) in $pgdata"
 as_pg "$bin/initdb" -D "$pgdata" -k -A trust >/dev/null
 cat >>"$pgdata/postgresql.conf" <<CONF
 shared_preload_libraries = 'ptrack'
@@ -39,36 +66,66 @@ unix_socket_directories = '$work'
 port = $port
 shared_buffers = 128MB
 max_wal_size = 2GB
-synchronous_commit = off
 CONF
 as_pg "$bin/pg_ctl" -D "$pgdata" -l "$work/server.log" -w start >/dev/null
-psql_demo -qc "CREATE EXTENSION ptrack"
+psql_at "$port" -qc "CREATE EXTENSION ptrack"
+conninfo="host=$work port=$port user=postgres dbname=postgres"
 
-echo "== pgbench -i -s $scale (the 'full backup' state)"
+echo "== pgbench -i -s $scale"
 as_pg "$bin/pgbench" -h "$work" -p "$port" -i -s "$scale" -q postgres 2>&1 | tail -n1
-psql_demo -qc "CHECKPOINT"
-start_lsn=$(psql_demo -Atc "SELECT pg_current_wal_insert_lsn()")
-echo "   start LSN of the imagined previous backup: $start_lsn"
+echo "   data directory: $(mb "$pgdata") MB (WAL included)"
 
-echo "== pgbench -T $seconds -c 2 (the changes since then)"
-as_pg "$bin/pgbench" -h "$work" -p "$port" -T "$seconds" -c 2 -j 2 postgres 2>&1 | grep -E '^(tps|number of transactions actually)'
-psql_demo -qc "CHECKPOINT"
+echo "== FULL backup"
+t=$(now_ms)
+"$tool" backup --pgdata "$pgdata" --dbname "$conninfo" --output "$work/full" 2>"$work/full.log"
+echo "   $(mb "$work/full") MB in $(seconds_since "$t")"
 
-echo "== what an incremental backup since $start_lsn would copy"
-psql_demo -At -F ' ' <<SQL
-SELECT format('   cluster: %s relation files, %s blocks, %s MB',
-              count(*), sum(pagecount), round(sum(pagecount) * 8192 / 1048576.0, 1))
-  FROM ptrack_get_pagemapset('0/0');
-SELECT format('   changed: %s files, %s blocks, %s MB (%s%% of the blocks)',
-              c.files, c.pages, round(c."size, MB", 1),
+echo "== pgbench -t $transactions -c 2 (the changes since the FULL)"
+as_pg "$bin/pgbench" -h "$work" -p "$port" -t "$((transactions / 2))" -c 2 -j 2 postgres 2>&1 |
+	grep -E '^(tps|number of transactions actually)'
+full_start=$(sed -n 's/^START WAL LOCATION: \([^ ]*\).*/\1/p' "$work/full/backup_label")
+psql_at "$port" <<SQL | sed 's/^/   /'
+SELECT format('ptrack: %s of %s blocks changed since the FULL started at %s (%s%%)',
+              c.pages, (SELECT sum(pagecount) FROM ptrack_get_pagemapset('0/0')), '$full_start',
               round(100 * c.pages / (SELECT sum(pagecount) FROM ptrack_get_pagemapset('0/0')), 2))
-  FROM ptrack_get_change_stat('$start_lsn') c;
+  FROM ptrack_get_change_stat('$full_start') c;
 SQL
-elapsed=$(psql_demo -At <<SQL | grep -E '^Time:' | tail -n1
-\\timing on
-SELECT count(*) FROM ptrack_get_pagemapset('$start_lsn');
-SQL
-)
-echo "   ptrack_get_pagemapset('$start_lsn'): ${elapsed#Time: }"
-echo "== first rows, as pg_probackup reads them"
-psql_demo -c "SELECT path, pagecount, length(pagemap) AS bitmap_bytes FROM ptrack_get_pagemapset('$start_lsn') ORDER BY pagecount DESC LIMIT 5"
+
+echo "== incremental backup from the FULL"
+t=$(now_ms)
+"$tool" backup --pgdata "$pgdata" --dbname "$conninfo" --output "$work/inc" \
+	--incremental-from "$work/full" 2>"$work/inc.log"
+echo "   $(mb "$work/inc") MB in $(seconds_since "$t") (the FULL: $(mb "$work/full") MB)"
+source_digest=$(digest "$port")
+
+if [ "$major" -ge 17 ]; then
+	echo "== pg_verifybackup each backup, pg_combinebackup the chain"
+	for b in full inc; do
+		"$bin/pg_verifybackup" -q "$work/$b" && echo "   $b: verified by pg_verifybackup"
+	done
+	t=$(now_ms)
+	"$bin/pg_combinebackup" -o "$restored" "$work/full" "$work/inc"
+	echo "   restored by pg_combinebackup in $(seconds_since "$t")"
+else
+	echo "== restoring the chain (PostgreSQL $major has no pg_combinebackup)"
+	t=$(now_ms)
+	"$tool" restore --output "$restored" "$work/full" "$work/inc" 2>"$work/restore.log"
+	echo "   restored by ptrack-backup in $(seconds_since "$t")"
+fi
+chown -R postgres: "$restored"
+chmod 0700 "$restored"
+sed -i -e "s/^port = .*/port = $restored_port/" "$restored/postgresql.conf"
+
+echo "== the restored server"
+as_pg "$bin/pg_ctl" -D "$restored" -l "$work/restored.log" -w start >/dev/null
+restored_digest=$(digest "$restored_port")
+echo "   source   digest of the pgbench tables: $source_digest"
+echo "   restored digest of the pgbench tables: $restored_digest"
+if [ "$source_digest" != "$restored_digest" ]; then
+	echo "demo: the restored server differs from the source" >&2
+	exit 1
+fi
+psql_at "$restored_port" -c "CREATE EXTENSION IF NOT EXISTS amcheck" >/dev/null 2>&1 &&
+	psql_at "$restored_port" -c "SELECT bt_index_check('pgbench_accounts_pkey', true)" >/dev/null &&
+	echo "   amcheck: pgbench_accounts_pkey is sound"
+echo "== the restored chain matches the source"

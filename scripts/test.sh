@@ -33,6 +33,11 @@ for major in $(printf '%s\n' $majors 15 17 | sort -u); do
 done
 
 cargo test --release -p ptrack-core
+# The backup client: its unit tests, and one build that every server's chain
+# tests (tests/backup_chain.rs) use; it links no server code.
+cargo test --release -p ptrack-backup
+cargo build --release -p ptrack-backup --target-dir "$repo/target/tools"
+export PTRACK_BACKUP_BIN=$repo/target/tools/release/ptrack-backup
 
 # run_suite MODE MAJOR FLAVOR CARGO-TEST-TARGETS...
 run_suite() {
@@ -54,7 +59,8 @@ if [ "${PTRACK_TEST_SEGSIZE:-1}" = 1 ]; then
 	run_suite hooks 17 segsize --test cold_copy --test sql_api
 fi
 if [ "${PTRACK_TEST_WAL:-1}" = 1 ]; then
-	wal_tests=(--test cold_copy --test sql_api --test standby --test wal_mode)
+	wal_tests=(--test cold_copy --test sql_api --test standby --test wal_mode --test init_lsn
+		--test backup_chain --test wal_follower_errors)
 	run_suite wal 15 debian "${wal_tests[@]}"
 	run_suite wal 17 test "${wal_tests[@]}"
 fi

@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod backup;
 pub mod checker;
 pub mod faults;
 pub mod replica;
