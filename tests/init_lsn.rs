@@ -54,6 +54,17 @@ fn assert_incremental_accepted(c: &Cluster, parent_start: Lsn, context: &str) {
     );
 }
 
+/// A running cluster with ptrack and a table, to take base backups of.
+fn running_source(name: &str) -> Cluster {
+    let mut c = Cluster::new(name);
+    c.start();
+    c.psql(
+        "CREATE EXTENSION ptrack;
+         CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g;",
+    );
+    c
+}
+
 #[test]
 fn a_new_cluster_vouches_for_its_first_full_backup() {
     let mut c = Cluster::new("init_new");
@@ -66,12 +77,7 @@ fn a_new_cluster_vouches_for_its_first_full_backup() {
 
 #[test]
 fn a_standby_vouches_for_a_full_backup_taken_from_it() {
-    let mut primary = Cluster::new("init_primary");
-    primary.start();
-    primary.psql(
-        "CREATE EXTENSION ptrack;
-         CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g;",
-    );
+    let mut primary = running_source("init_primary");
     let mut standby = base_backup(&primary, "init_standby", BackupKind::Standby);
     standby.start();
     catch_up(&primary, &standby);
@@ -97,12 +103,7 @@ fn a_standby_vouches_for_a_full_backup_taken_from_it() {
 
 #[test]
 fn a_point_in_time_restore_vouches_from_its_full_backups_start() {
-    let mut primary = Cluster::new("init_pitr_source");
-    primary.start();
-    primary.psql(
-        "CREATE EXTENSION ptrack;
-         CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g;",
-    );
+    let mut primary = running_source("init_pitr_source");
     let mut restored = base_backup(&primary, "init_pitr", BackupKind::Clone);
     let label = std::fs::read_to_string(restored.pgdata.join("backup_label"))
         .expect("pg_basebackup writes backup_label");
