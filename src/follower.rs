@@ -294,12 +294,14 @@ fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn) {
 /// off (or off for a while), a page written after the map file and before
 /// the crash would never be marked again. Reading the WAL itself does not
 /// depend on that. Any error ends the WAL here, as it ends recovery.
-pub fn mark_wal_after_crash(map: &LsnMap<'_>, from: Lsn, timeline: u32) -> Option<Lsn> {
+///
+/// `limit`: records ending after it are not read (`Lsn(u64::MAX)`: all).
+pub fn mark_wal_after_crash(map: &LsnMap<'_>, from: Lsn, timeline: u32, limit: Lsn) -> Option<Lsn> {
     let format = WalFormat::for_major(server::major_version(), server::wal_segment_size())?;
     let source = SegmentDirSource::new(server::pg_wal_dir(), format, timeline);
     let mut reader = WalReader::at_record(source, format, from);
     let mut records = 0u64;
-    while let Ok(Some(record)) = reader.next_record(Lsn(u64::MAX)) {
+    while let Ok(Some(record)) = reader.next_record(limit) {
         for effect in record_effects(&record) {
             apply_effect(map, effect, record.end);
         }

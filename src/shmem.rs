@@ -356,6 +356,8 @@ fn start_in_live_file(region: *mut u8) {
 /// its end was checked against the checkpoint that ended recovery. Set in the
 /// postmaster, inherited by the checkpointer.
 static CRASH_SCAN_END: AtomicU64 = AtomicU64::new(0);
+/// The timeline that WAL was read on.
+static CRASH_SCAN_TIMELINE: AtomicU32 = AtomicU32::new(0);
 
 /// The live map was lost in a crash (tmpfs emptied by an OS crash) and the
 /// map file is loaded: the marks since the file's REDO come from the WAL that
@@ -366,8 +368,11 @@ fn mark_what_recovery_replays(
     timeline: u32,
     verdict: &MapFileVerdict,
 ) {
-    match crate::follower::mark_wal_after_crash(map, from, timeline) {
-        Some(end) => CRASH_SCAN_END.store(end.0, Ordering::Release),
+    match crate::follower::mark_wal_after_crash(map, from, timeline, Lsn(u64::MAX)) {
+        Some(end) => {
+            CRASH_SCAN_TIMELINE.store(timeline, Ordering::Release);
+            CRASH_SCAN_END.store(end.0, Ordering::Release);
+        }
         None => {
             warning!(
                 "ptrack: cannot read the WAL of PostgreSQL {} to mark what crash recovery \
@@ -382,16 +387,27 @@ fn mark_what_recovery_replays(
 
 /// At each map flush after a start that read the WAL: the first checkpoint
 /// whose REDO is at or past the scan's end is the one that ended recovery,
-/// and it must begin where the scan ended. Otherwise recovery replayed WAL
-/// the scan did not read (a timeline switch, say), and nothing before that
-/// checkpoint can be vouched for.
+/// and it must begin where the WAL the scan read ends. Recovery itself may
+/// have written there first: where the WAL ended in a record cut short by the
+/// crash, it writes an "overwrite contrecord" record after it, so the WAL
+/// between the scan's end and that REDO is read now that it is complete. If
+/// it still does not reach the REDO, recovery replayed WAL the scan could
+/// not read (a timeline switch, say), and nothing before that checkpoint can
+/// be vouched for.
 pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
     let end = Lsn(CRASH_SCAN_END.load(Ordering::Acquire));
     if !end.is_valid() || redo < end {
         return;
     }
     CRASH_SCAN_END.store(0, Ordering::Release);
-    if !startup::scan_reached_recovery_end(end, redo, server::wal_page_bytes()) {
+    let page = server::wal_page_bytes();
+    if startup::scan_reached_recovery_end(end, redo, page) {
+        return;
+    }
+    let timeline = CRASH_SCAN_TIMELINE.load(Ordering::Acquire);
+    let reached = crate::follower::mark_wal_after_crash(map, end, timeline, redo)
+        .is_some_and(|more| startup::scan_reached_recovery_end(more, redo, page));
+    if !reached {
         map.forget_before(redo);
         warning!(
             "ptrack: crash recovery replayed WAL up to {redo}, beyond the {end} ptrack read at \
