@@ -96,7 +96,8 @@ case "$PG_VERSION" in
 	*) die "version $PG_VERSION does not belong to major $MAJOR" ;;
 esac
 
-DEBIAN_MIRROR=http://deb.debian.org/debian
+# PTRACK_DEBIAN_MIRROR: another Debian mirror (also how the error paths are tested).
+DEBIAN_MIRROR=${PTRACK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 # --check-source: is the pinned tarball still downloadable?  A header request,
 # seconds; CI runs it first so a vanished tarball is found the day it goes.
