@@ -25,8 +25,7 @@ fn an_unreadable_wal_file_is_retried_not_taken_for_lost_wal() {
     let init = c.init_lsn();
     // A checkpoint after the init LSN: a map started again would start there.
     c.psql("CHECKPOINT;");
-    c.set_sighup("ptrack.debug_follower_paused", "1");
-    std::thread::sleep(Duration::from_millis(500));
+    c.pause_follower();
     // Changes in a segment of their own, which the follower has not read.
     c.psql("SELECT pg_switch_wal();");
     let start = c.wal_insert_lsn();

@@ -132,9 +132,7 @@ fn questions_wait_for_the_follower_and_time_out_clearly() {
     c.start();
     c.psql("CREATE EXTENSION ptrack; CREATE TABLE t (v int);");
     let start = c.wal_insert_lsn();
-    c.set_sighup("ptrack.debug_follower_paused", "1");
-    // The follower reloads its configuration at its next loop.
-    std::thread::sleep(Duration::from_millis(500));
+    c.pause_follower();
     c.psql("INSERT INTO t SELECT generate_series(1, 100000);");
     let err = c
         .try_psql(&format!(
@@ -169,18 +167,22 @@ fn lost_wal_restarts_the_map_with_a_warning() {
     let (known, known_blocks) = create_known_table(&c);
     let old_init = status(&c).1.expect("init LSN");
     let before_loss = c.wal_insert_lsn();
-    c.set_sighup("ptrack.debug_follower_paused", "1");
-    std::thread::sleep(Duration::from_millis(500));
+    c.pause_follower();
     let mark = c.log_mark();
-    // Far more WAL than the slot may keep, and checkpoints to remove it.
-    for _ in 0..6 {
+    // Far more WAL than the slot may keep, and checkpoints to remove it:
+    // until the slot is lost (six rounds suffice on a quiet machine).
+    let slot_status =
+        || c.query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'ptrack'");
+    for _ in 0..20 {
         c.psql(
             "CREATE TABLE filler AS SELECT g, repeat('f', 500) AS pad FROM generate_series(1, 30000) g;
              DROP TABLE filler; CHECKPOINT;",
         );
+        if slot_status() == "lost" {
+            break;
+        }
     }
-    let invalidated =
-        c.query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'ptrack'");
+    let invalidated = slot_status();
     assert_eq!(
         invalidated, "lost",
         "the slot was not invalidated; the test proves nothing"
@@ -311,6 +313,130 @@ fn auto_mode_picks_what_the_server_offers() {
         c.log_since(mark)
             .contains(&format!("tracking changes in {logged} mode")),
         "the chosen mode is not in the log"
+    );
+    c.stop(StopMode::Fast);
+}
+
+/// The process id of the cluster's WAL follower (a child of its postmaster
+/// titled "ptrack WAL follower"; it has no row in `pg_stat_activity`).
+fn follower_pid(c: &Cluster) -> String {
+    let postmaster = std::fs::read_to_string(c.pgdata.join("postmaster.pid"))
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .expect("the postmaster's pid")
+        .trim()
+        .to_string();
+    let found: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let parent = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
+            let titled = String::from_utf8_lossy(&cmdline).contains("ptrack WAL follower");
+            (titled && parent == postmaster).then_some(pid)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "WAL followers of postmaster {postmaster}: {found:?}"
+    );
+    found[0].clone()
+}
+
+/// `VmHWM` of a process, in kB: the peak of its resident memory.
+fn peak_resident_kb(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
+}
+
+/// Any role may write a WAL record of hundreds of MB: `pg_logical_emit_message`
+/// is PUBLIC. The follower checks such a record's CRC as it reads it and keeps
+/// only its headers, so its memory stays small (an allocation failure would
+/// abort it, and the postmaster would then restart every backend), and it
+/// reads on past it.
+#[test]
+fn a_huge_record_from_an_ordinary_role_is_read_in_bounded_memory() {
+    const MESSAGE_MB: u64 = 300;
+    const FOLLOWER_PEAK_LIMIT_KB: u64 = 64 * 1024;
+    let mut c = wal_cluster("wal_huge_record");
+    c.set_conf("max_wal_size", "'2GB'");
+    c.start();
+    let (known, _) = create_known_table(&c);
+    c.psql(
+        "CREATE ROLE ordinary LOGIN;
+         CREATE TABLE after_message (v int);
+         GRANT INSERT ON after_message TO ordinary;",
+    );
+    let follower = || follower_pid(&c);
+    let pid = follower();
+    let peak_before = peak_resident_kb(&pid);
+    let mark = c.log_mark();
+    let before = c.wal_insert_lsn();
+    c.try_psql_as(
+        "postgres",
+        "ordinary",
+        &format!(
+            "SELECT pg_logical_emit_message(false, 'ptrack', repeat('x', {MESSAGE_MB} * 1024 * 1024)) \
+             IS NOT NULL;
+             INSERT INTO after_message VALUES (1);"
+        ),
+    )
+    .expect("an ordinary role writes a huge logical message");
+    let after = c.wal_insert_lsn();
+    assert!(
+        after.0 - before.0 > MESSAGE_MB << 20,
+        "the message did not reach the WAL: {before} to {after}"
+    );
+    let caught_up = wait_for(Duration::from_secs(300), || {
+        status(&c).2.is_some_and(|through| through >= after)
+    });
+    let log = c.log_since(mark);
+    assert!(
+        caught_up,
+        "the follower did not read past the message: {:?}\n{}",
+        status(&c),
+        c.log_tail(40)
+    );
+    for crash in [
+        "terminated by signal",
+        "terminating any other active server processes",
+        "memory allocation of",
+        "WAL follower cannot read",
+    ] {
+        assert!(
+            !log.contains(crash),
+            "the server log shows {crash:?}:\n{log}"
+        );
+    }
+    assert_eq!(
+        follower(),
+        pid,
+        "the follower was restarted while it read the message"
+    );
+    let peak = peak_resident_kb(&pid);
+    eprintln!(
+        "follower peak resident memory: {peak_before} kB before, {peak} kB after a {MESSAGE_MB} MB record"
+    );
+    assert!(
+        peak < FOLLOWER_PEAK_LIMIT_KB,
+        "the follower's peak resident memory reached {peak} kB reading a {MESSAGE_MB} MB record \
+         (limit {FOLLOWER_PEAK_LIMIT_KB} kB)"
+    );
+    let (path, blocks) = c.relation_file("postgres", "after_message");
+    let set = c.pagemapset(before);
+    assert_reports_all(&set, &path, blocks, "a table written after the message");
+    assert!(
+        set.get(&known).is_none(),
+        "{known} was frozen and checkpointed before {before}, yet it is reported"
     );
     c.stop(StopMode::Fast);
 }

@@ -208,6 +208,30 @@ impl Cluster {
         self.reload_and_wait(key, value);
     }
 
+    /// Pauses the WAL follower (`ptrack.debug_follower_paused`) and waits
+    /// until it has really stopped reading: its position stays put while WAL
+    /// is written and flushed. A fixed sleep is not enough on a loaded machine.
+    pub fn pause_follower(&self) {
+        self.set_sighup("ptrack.debug_follower_paused", "1");
+        let position = || self.query_one("SELECT wal_tracked_through FROM ptrack_status()");
+        let t0 = std::time::Instant::now();
+        loop {
+            let before = position();
+            self.psql(
+                "SELECT pg_logical_emit_message(true, 'ptrack-test', 'is the follower paused?');",
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if position() == before {
+                return;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "[{}] the WAL follower kept reading after ptrack.debug_follower_paused = 1",
+                self.name
+            );
+        }
+    }
+
     /// `ALTER SYSTEM RESET key` and a reload.
     pub fn reset_sighup(&self, key: &str) {
         self.psql(&format!("ALTER SYSTEM RESET {key};"));

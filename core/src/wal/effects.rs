@@ -2,7 +2,7 @@
 //! documentation of [`crate::wal`] explains why block references and
 //! file-copying database creation are all a change map needs.
 
-use super::record::DecodedRecord;
+use super::record::{DecodedRecord, MAX_KEPT_MAIN_DATA};
 use super::{info, rmgr};
 use crate::block::{BlockKey, Fork, RelFileKey};
 
@@ -154,6 +154,14 @@ pub fn record_effects(record: &DecodedRecord) -> Vec<RecordEffect> {
     }
     effects
 }
+
+// The reader keeps the first `MAX_KEPT_MAIN_DATA` bytes of every record's
+// main data: all that the effects read.
+const _: () = assert!(
+    DBASE_CREATE_FILE_COPY_SIZE <= MAX_KEPT_MAIN_DATA
+        && SMGR_TRUNCATE_SIZE <= MAX_KEPT_MAIN_DATA
+        && SMGR_CREATE_SIZE <= MAX_KEPT_MAIN_DATA
+);
 
 /// Refuses records whose effects could not be read in full, so that
 /// [`record_effects`] and [`record_truncation`] never silently miss one.

@@ -20,6 +20,7 @@
 //! ```
 
 use super::crc32c::Crc32c;
+use super::WalError;
 use crate::block::{Fork, RelFileKey};
 use crate::lsn::Lsn;
 
@@ -52,7 +53,23 @@ pub const BKPIMAGE_COMPRESS_ZSTD: u8 = 0x10;
 const BKPIMAGE_COMPRESSED: u8 =
     BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD;
 
-/// A decoded record. Block images and block data are skipped, not kept.
+/// The fragment headers of a record must lie within its first this many
+/// bytes. PostgreSQL writes at most about 1 kB of them (33 block references
+/// of at most 27 bytes, a replication origin, a top-level xid and a main
+/// data length); only damaged or hand-made WAL has more, and the reader
+/// refuses it rather than keep a record of any length to decode it.
+pub const MAX_HEADERS_LEN: usize = 64 * 1024;
+
+/// Bytes of a record's main data [`DecodedRecord::main_data`] keeps: the
+/// records whose main data ptrack reads (`XLOG_SMGR_CREATE`,
+/// `XLOG_SMGR_TRUNCATE`, `XLOG_DBASE_CREATE_FILE_COPY`) have 16 to 20 bytes
+/// of it, while any role can write a logical message of up to 1 GB
+/// (`pg_logical_emit_message` is PUBLIC), which the reader streams through
+/// its CRC check without keeping it.
+pub const MAX_KEPT_MAIN_DATA: usize = 64 * 1024;
+
+/// A decoded record. Block images and block data are skipped, not kept, and
+/// so is main data past [`MAX_KEPT_MAIN_DATA`] bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodedRecord {
     /// Where the record header starts (`ReadRecPtr`).
@@ -73,7 +90,11 @@ pub struct DecodedRecord {
     /// `xl_tot_len`: the record's bytes, headers included, padding excluded.
     pub total_len: u32,
     pub blocks: Vec<BlockReference>,
+    /// The first `min(main_data_len, MAX_KEPT_MAIN_DATA)` bytes of the main
+    /// data.
     pub main_data: Vec<u8>,
+    /// The length of the whole main data.
+    pub main_data_len: u32,
 }
 
 impl DecodedRecord {
@@ -167,18 +188,13 @@ impl RecordHeader {
     }
 }
 
-/// `ValidXLogRecord`'s CRC: the data after the header, then the header up to
-/// `xl_crc`. `record` holds exactly `xl_tot_len` bytes.
-pub(crate) fn record_crc(record: &[u8]) -> u32 {
-    let mut crc = Crc32c::new();
-    crc.update(&record[RECORD_HEADER_SIZE as usize..]);
-    crc.update(&record[..CRC_OFFSET]);
-    crc.finish()
-}
-
-/// Reads header fields front to back; running out is the record's fault.
+/// Reads header fields front to back from the first bytes of a record of
+/// `total_len` bytes. Running out of them is the record's fault when the
+/// field would pass the record's end, and the headers' when only the bytes
+/// kept ([`MAX_HEADERS_LEN`]) end first.
 struct Fields<'a> {
     bytes: &'a [u8],
+    total_len: u64,
     position: usize,
 }
 
@@ -187,7 +203,14 @@ const SHORT_DATA: &str = "record with invalid length: its headers run past its e
 impl Fields<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let end = self.position.checked_add(N).ok_or(SHORT_DATA)?;
-        let field = self.bytes.get(self.position..end).ok_or(SHORT_DATA)?;
+        let Some(field) = self.bytes.get(self.position..end) else {
+            if end as u64 > self.total_len {
+                return Err(SHORT_DATA.into());
+            }
+            return Err(format!(
+                "record with more than {MAX_HEADERS_LEN} bytes of fragment headers"
+            ));
+        };
         self.position = end;
         Ok(field.try_into().expect("slice of N bytes"))
     }
@@ -203,38 +226,49 @@ impl Fields<'_> {
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take()?))
     }
+
+    fn remaining(&self) -> u64 {
+        self.total_len - self.position as u64
+    }
 }
 
-/// Decodes an assembled, CRC-checked record, as `DecodeXLogRecord`. `record`
-/// holds exactly `xl_tot_len` bytes. The checks that need `BLCKSZ` (an image
-/// without hole or compression is a whole block) are left out: `BLCKSZ` is
-/// not part of the WAL format, and the CRC already vouches for the bytes.
-pub(crate) fn decode(record: &[u8], start: Lsn, end: Lsn) -> Result<DecodedRecord, String> {
-    if (record.len() as u64) < RECORD_HEADER_SIZE {
-        return Err(format!("record of {} bytes", record.len()));
+/// What a record's fragment headers say.
+#[derive(Debug)]
+struct Layout {
+    blocks: Vec<BlockReference>,
+    main_data_len: u32,
+}
+
+/// Decodes the fragment headers of a record of `total_len` bytes from its
+/// first bytes, `head` (the whole record, or at least its headers), as
+/// `DecodeXLogRecord`. The checks that need `BLCKSZ` (an image without hole
+/// or compression is a whole block) are left out: `BLCKSZ` is not part of
+/// the WAL format, and the CRC already vouches for the bytes.
+fn decode_headers(head: &[u8], total_len: u64) -> Result<Layout, String> {
+    if total_len < RECORD_HEADER_SIZE || (head.len() as u64) < RECORD_HEADER_SIZE {
+        return Err(format!("record of {total_len} bytes"));
     }
-    let header = RecordHeader::parse(record);
     let mut fields = Fields {
-        bytes: record,
+        bytes: head,
+        total_len,
         position: RECORD_HEADER_SIZE as usize,
     };
-    let remaining = |fields: &Fields| (record.len() - fields.position) as u64;
     let mut blocks: Vec<BlockReference> = Vec::new();
-    let mut main_data_len = 0u64;
+    let mut main_data_len = 0u32;
     // Payload bytes the headers so far announce: they follow the last header.
     let mut payload = 0u64;
     let mut previous_relation: Option<(u32, u32, u32)> = None;
-    while remaining(&fields) > payload {
+    while fields.remaining() > payload {
         let id = fields.u8()?;
         match id {
             BLOCK_ID_DATA_SHORT => {
-                main_data_len = u64::from(fields.u8()?);
-                payload += main_data_len;
+                main_data_len = u32::from(fields.u8()?);
+                payload += u64::from(main_data_len);
                 break; // by convention, the main data comes last
             }
             BLOCK_ID_DATA_LONG => {
-                main_data_len = u64::from(fields.u32()?);
-                payload += main_data_len;
+                main_data_len = fields.u32()?;
+                payload += u64::from(main_data_len);
                 break;
             }
             BLOCK_ID_ORIGIN => {
@@ -295,25 +329,160 @@ pub(crate) fn decode(record: &[u8], start: Lsn, end: Lsn) -> Result<DecodedRecor
             _ => return Err(format!("invalid block_id {id}")),
         }
     }
-    if remaining(&fields) != payload {
+    if fields.remaining() != payload {
         return Err(format!(
             "record with invalid length: {} payload bytes after the headers, the headers announce {payload}",
-            remaining(&fields)
+            fields.remaining()
         ));
     }
-    // Block images and data come first, in block order; the main data last.
-    let main_data_start = record.len() - main_data_len as usize;
-    Ok(DecodedRecord {
-        start,
-        end,
-        rmgr: header.rmgr,
-        info: header.info,
-        xid: header.xid,
-        prev: header.prev,
-        total_len: header.total_len,
+    Ok(Layout {
         blocks,
-        main_data: record[main_data_start..].to_vec(),
+        main_data_len,
     })
+}
+
+/// A record assembled piece by piece as the reader reads it, in bounded
+/// memory whatever its length: every byte goes through the CRC, but only the
+/// first [`MAX_HEADERS_LEN`] bytes (the fixed header and the fragment
+/// headers) and the first [`MAX_KEPT_MAIN_DATA`] bytes of the main data are
+/// kept. Block images and block data pass through.
+#[derive(Debug)]
+pub(crate) struct Assembly {
+    total_len: u64,
+    received: u64,
+    /// The record's first `min(total_len, MAX_HEADERS_LEN)` bytes.
+    head: Vec<u8>,
+    /// Of every byte from the end of the fixed header on, so far.
+    crc: Crc32c,
+    /// Decoded once `head` is complete (an error waits for the CRC check).
+    layout: Option<Result<Layout, String>>,
+    /// The record-byte range of the main data to keep.
+    keep: std::ops::Range<u64>,
+    main_data: Vec<u8>,
+}
+
+impl Assembly {
+    pub fn new() -> Self {
+        Assembly {
+            total_len: 0,
+            received: 0,
+            head: Vec::new(),
+            crc: Crc32c::new(),
+            layout: None,
+            keep: 0..0,
+            main_data: Vec::new(),
+        }
+    }
+
+    /// Starts a record of `total_len` bytes (from its `xl_tot_len`).
+    pub fn begin(&mut self, total_len: u32) {
+        self.total_len = u64::from(total_len);
+        self.received = 0;
+        self.head.clear();
+        self.crc = Crc32c::new();
+        self.layout = None;
+        self.keep = 0..0;
+        self.main_data = Vec::new();
+    }
+
+    /// Bytes pushed so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The fixed header, once it has arrived.
+    pub fn header(&self) -> Option<&[u8]> {
+        self.head.get(..RECORD_HEADER_SIZE as usize)
+    }
+
+    /// The record's next bytes; all of them come to `total_len`.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        debug_assert!(self.received + bytes.len() as u64 <= self.total_len);
+        let head_len = self.total_len.min(MAX_HEADERS_LEN as u64) as usize;
+        if self.head.len() < head_len {
+            let n = (head_len - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+            self.checksum(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.head.len() == head_len {
+                self.decode_layout();
+            }
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        let (from, to) = (self.received, self.received + bytes.len() as u64);
+        let (keep_from, keep_to) = (self.keep.start.max(from), self.keep.end.min(to));
+        if keep_from < keep_to {
+            let range = (keep_from - from) as usize..(keep_to - from) as usize;
+            self.main_data.extend_from_slice(&bytes[range]);
+        }
+        self.checksum(bytes);
+    }
+
+    fn checksum(&mut self, bytes: &[u8]) {
+        let skip = RECORD_HEADER_SIZE.saturating_sub(self.received) as usize;
+        self.crc.update(bytes.get(skip..).unwrap_or_default());
+        self.received += bytes.len() as u64;
+    }
+
+    fn decode_layout(&mut self) {
+        let layout = decode_headers(&self.head, self.total_len);
+        if let Ok(layout) = &layout {
+            // Block images and data come first, in block order; the main
+            // data last.
+            let start = self.total_len - u64::from(layout.main_data_len);
+            let kept = u64::from(layout.main_data_len).min(MAX_KEPT_MAIN_DATA as u64);
+            self.keep = start..start + kept;
+            let in_head = (self.head.len() as u64).min(self.keep.end);
+            if self.keep.start < in_head {
+                let range = self.keep.start as usize..in_head as usize;
+                self.main_data.extend_from_slice(&self.head[range]);
+            }
+        }
+        self.layout = Some(layout);
+    }
+
+    /// Checks the CRC of the complete record (`ValidXLogRecord`: the bytes
+    /// after the fixed header, then the header up to `xl_crc`) and, if it
+    /// holds, returns the record decoded.
+    pub fn finish(&mut self, start: Lsn, end: Lsn) -> Result<DecodedRecord, WalError> {
+        let invalid = |reason: String| WalError::InvalidRecord { at: start, reason };
+        let Some(header_bytes) = self.header().filter(|_| self.received == self.total_len) else {
+            return Err(invalid(format!(
+                "record of {} bytes assembled from {} bytes",
+                self.total_len, self.received
+            )));
+        };
+        let header = RecordHeader::parse(header_bytes);
+        let mut crc = self.crc;
+        crc.update(&header_bytes[..CRC_OFFSET]);
+        let computed = crc.finish();
+        if computed != header.crc {
+            return Err(WalError::BadCrc {
+                at: start,
+                stored: header.crc,
+                computed,
+            });
+        }
+        let layout = self
+            .layout
+            .take()
+            .unwrap_or_else(|| Err("record headers not decoded".into()))
+            .map_err(invalid)?;
+        Ok(DecodedRecord {
+            start,
+            end,
+            rmgr: header.rmgr,
+            info: header.info,
+            xid: header.xid,
+            prev: header.prev,
+            total_len: header.total_len,
+            blocks: layout.blocks,
+            main_data: std::mem::take(&mut self.main_data),
+            main_data_len: layout.main_data_len,
+        })
+    }
 }
 
 fn decode_image_header(fields: &mut Fields, id: u8) -> Result<BlockImage, String> {

@@ -1,0 +1,131 @@
+//! The map file's verifier and the salvage of a rejected file's highest LSN,
+//! on arbitrary bytes; and the writer's output read back.
+//!
+//! Input: 8 bytes of configuration, then the file.
+//!
+//! * byte 0: bit 0 reseal the CRC (so mutations reach the later checks);
+//!   bit 1 expect the header's own system identifier; bit 2 expect the slot
+//!   count the length gives; bit 3 expect WAL mode; bit 4 a backup label
+//!   is present; bit 5 also write a map of the slots after the header and
+//!   verify it.
+//! * bytes 1-4: the data checksum version expected.
+//! * bytes 5-7: the latest checkpoint's REDO expected (low bits).
+#![no_main]
+
+use std::sync::atomic::AtomicU64;
+
+use libfuzzer_sys::fuzz_target;
+use ptrack_core::mapfile::{
+    file_len, highest_lsn_recorded, verify, write_map, Expectation, MapFileMeta, TrackingMode,
+    HEADER_LEN, TRAILER_LEN,
+};
+use ptrack_core::Lsn;
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes
+        .get(at..at + 8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 8 {
+        return;
+    }
+    let (config, file) = data.split_at(8);
+    let flags = config[0];
+    let mut file = file.to_vec();
+    if flags & 1 != 0 && file.len() >= TRAILER_LEN {
+        let crc_at = file.len() - TRAILER_LEN;
+        let crc = crc32fast::hash(&file[..crc_at]);
+        file[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    let system_identifier = if flags & 2 != 0 {
+        u64_at(&file, 16)
+    } else {
+        7_300_000_000_000_000_001
+    };
+    let slot_count = if flags & 4 != 0 {
+        (file.len().saturating_sub(HEADER_LEN + TRAILER_LEN) / 8) as u64
+    } else {
+        u64_at(&file, 24) & 0xFFFF_FFFF
+    };
+    let expect = Expectation {
+        system_identifier,
+        slot_count,
+        latest_checkpoint_redo: Lsn(u64::from_le_bytes([
+            config[5], config[6], config[7], 0, 0, 0, 0, 0,
+        ])),
+        data_checksum_version: u32::from_le_bytes(config[1..5].try_into().unwrap()),
+        backup_label_present: flags & 16 != 0,
+        mode: if flags & 8 != 0 {
+            TrackingMode::Wal
+        } else {
+            TrackingMode::Hooks
+        },
+    };
+    let highest = highest_lsn_recorded(&file, system_identifier);
+    match verify(&file[..], &expect) {
+        Ok(verified) => {
+            assert_eq!(file.len() as u64, file_len(expect.slot_count));
+            let meta = *verified.meta();
+            assert_eq!(meta.slot_count, expect.slot_count);
+            assert_eq!(meta.system_identifier, expect.system_identifier);
+            assert_eq!(meta.mode(), expect.mode);
+            let mut slots = 0u64;
+            let mut max = meta
+                .init_lsn
+                .0
+                .max(meta.checkpoint_redo.0)
+                .max(meta.wal_tracked_through.0);
+            for slot in verified.slots() {
+                slots += 1;
+                max = max.max(slot);
+            }
+            assert_eq!(slots, expect.slot_count);
+            // A file that passes every check is intact: its LSNs count.
+            assert_eq!(highest, Some(Lsn(max)));
+        }
+        Err(error) => {
+            let _ = error.to_string();
+        }
+    }
+
+    if flags & 32 != 0 && file.len() >= HEADER_LEN {
+        // The writer's output passes the verifier and reads back the same.
+        let meta = MapFileMeta {
+            system_identifier: u64_at(&file, 16),
+            slot_count: 0,
+            init_lsn: Lsn(u64_at(&file, 32)),
+            checkpoint_redo: Lsn(u64_at(&file, 40)),
+            data_checksum_version: u32::from_le_bytes(file[48..52].try_into().unwrap()),
+            wal_tracked_through: Lsn(u64_at(&file, 56)),
+        };
+        let slots: Vec<AtomicU64> = file[HEADER_LEN..]
+            .chunks_exact(8)
+            .map(|s| AtomicU64::new(u64::from_le_bytes(s.try_into().unwrap())))
+            .collect();
+        if slots.is_empty() {
+            return;
+        }
+        let meta = MapFileMeta {
+            slot_count: slots.len() as u64,
+            ..meta
+        };
+        let mut written = Vec::new();
+        write_map(&mut written, &meta, &slots).expect("writing to memory");
+        let expect = Expectation {
+            system_identifier: meta.system_identifier,
+            slot_count: meta.slot_count,
+            latest_checkpoint_redo: meta.checkpoint_redo,
+            data_checksum_version: meta.data_checksum_version,
+            backup_label_present: false,
+            mode: meta.mode(),
+        };
+        let verified = verify(&written, &expect).expect("the writer's own file");
+        assert_eq!(*verified.meta(), meta);
+        assert!(verified.slots().eq(slots
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))));
+        assert!(highest_lsn_recorded(&written, meta.system_identifier).is_some());
+    }
+});
