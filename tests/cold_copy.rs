@@ -8,6 +8,7 @@ mod common;
 use std::time::Instant;
 
 use common::checker;
+use common::util::phase;
 use common::{workload, Cluster, Lsn, PageMapSet, StopMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,10 +29,6 @@ const MIN_CHANGED_BLOCKS: u64 = 2_000;
 const MAX_UNCHANGED_REPORTED_SHARE: f64 = 0.5;
 /// ... nor more than this share of the main forks of a database nobody touched.
 const MAX_REPORTED_SHARE_UNTOUCHED_DB: f64 = 0.1;
-
-fn phase(name: &str, t0: Instant, what: &str) {
-    eprintln!("[{name}] {:>6.1}s {what}", t0.elapsed().as_secs_f64());
-}
 
 fn run(variant: Variant, name: &str) {
     let t0 = Instant::now();
@@ -114,7 +111,7 @@ fn run(variant: Variant, name: &str) {
 
     if report.totals().false_negatives > 0 {
         eprintln!("[{name}] relations with missed blocks:");
-        for line in common::faults::describe_false_negatives(&c, &report, 20) {
+        for line in checker::describe_false_negatives(&c, &report, 20) {
             eprintln!("  {line}");
         }
     }

@@ -9,16 +9,29 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::faults::{
-    self, cold_check, mode_and_owner, ptrack_lines, server_uid, take_snapshot_a, wait_for, Rng,
-};
+use common::checker::{cold_check, take_snapshot_a, ColdCheck, SnapshotA};
+use common::env::{mode_and_owner, server_uid};
+use common::log::ptrack_lines;
+use common::util::{phase, seed_from_env, wait_for, Rng};
 use common::{workload, Cluster, Lsn, StopMode};
 
 const PAUSE: &str = "ptrack.debug_flush_pause_ms";
 const FAIL_AFTER: &str = "ptrack.debug_flush_fail_after_chunks";
 
-fn phase(name: &str, t0: Instant, what: &str) {
-    eprintln!("[{name}] {:>6.1}s {what}", t0.elapsed().as_secs_f64());
+/// A new cluster with the settings `conf`, the workload's starting state and
+/// snapshot A (taken at a clean stop); the server runs again.
+fn with_snapshot_a(name: &str, t0: Instant, conf: &[(&str, &str)]) -> (Cluster, SnapshotA) {
+    let mut c = Cluster::new(name);
+    for (key, value) in conf {
+        c.set_conf(key, value);
+    }
+    c.start();
+    workload::setup(&c);
+    let snap_a = c.base.join("snap_a");
+    let a = take_snapshot_a(&mut c, &snap_a);
+    phase(name, t0, &format!("snapshot A, L = {}", a.lsn));
+    c.start();
+    (c, a)
 }
 
 /// The checkpoint REDO LSN recorded in the header of `global/ptrack.map`.
@@ -36,7 +49,7 @@ fn assert_recovered(name: &str, log: &str) {
 }
 
 /// Asserts zero false negatives and that the map was kept across everything.
-fn assert_sound(name: &str, check: &faults::ColdCheck, l: Lsn, min_changed: u64) {
+fn assert_sound(name: &str, check: &ColdCheck, l: Lsn, min_changed: u64) {
     check.report.assert_no_false_negatives(name);
     assert!(
         check.init <= l,
@@ -59,16 +72,9 @@ fn assert_sound(name: &str, check: &faults::ColdCheck, l: Lsn, min_changed: u64)
 fn immediate_stop_during_map_flush() {
     let name = "flush_crash";
     let t0 = Instant::now();
-    let mut c = Cluster::new(name);
-    c.set_conf("ptrack.map_size", "64"); // 256 chunks of 256 kB
-    c.set_conf("shared_buffers", "'16MB'");
-    c.start();
-    workload::setup(&c);
-    let snap_a = c.base.join("snap_a");
-    let a = take_snapshot_a(&mut c, &snap_a);
-    phase(name, t0, &format!("snapshot A, L = {}", a.lsn));
-
-    c.start();
+    // ptrack.map_size = 64: 256 chunks of 256 kB.
+    let conf = [("ptrack.map_size", "64"), ("shared_buffers", "'16MB'")];
+    let (mut c, a) = with_snapshot_a(name, t0, &conf);
     c.set_sighup(PAUSE, "50"); // a flush now takes >= 12.8 s
     let bench = c.spawn_pgbench(
         workload::BENCH_DB,
@@ -157,17 +163,10 @@ const CRASH_DDL: &[&str] = &[
 fn immediate_stops_at_random_moments() {
     let name = "random_stops";
     let t0 = Instant::now();
-    let seed = faults::seed_from_env("PTRACK_FAULT_SEED");
+    let seed = seed_from_env("PTRACK_FAULT_SEED");
     eprintln!("[{name}] seed {seed} (rerun with PTRACK_FAULT_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let mut c = Cluster::new(name);
-    c.set_conf("shared_buffers", "'16MB'");
-    c.start();
-    workload::setup(&c);
-    let snap_a = c.base.join("snap_a");
-    let a = take_snapshot_a(&mut c, &snap_a);
-    phase(name, t0, &format!("snapshot A, L = {}", a.lsn));
-    c.start();
+    let (mut c, a) = with_snapshot_a(name, t0, &[("shared_buffers", "'16MB'")]);
     // 64 chunks x 20 ms: every flush lasts >= 1.3 s, so some stops hit one.
     c.set_sighup(PAUSE, "20");
 

@@ -32,9 +32,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use common::checker::Report;
-use common::faults::{
-    cold_check, differs_only_in_hint_bits, read_block, relation_of, take_snapshot_a,
-};
+use common::checker::{cold_check, relation_of, take_snapshot_a};
+use common::heap_page::{differs_only_in_hint_bits, read_block};
 use common::{Cluster, StopMode};
 
 /// How the server goes down after the burst.

@@ -6,7 +6,8 @@ mod common;
 
 use std::fs;
 
-use common::replica::{create_known_table, ptrack_warnings};
+use common::log::ptrack_warnings;
+use common::workload::create_known_table;
 use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, MAP_SIZE_MB};
 
 const MAGIC: &[u8; 8] = b"PTRACKMP";

@@ -13,15 +13,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::checker::{self, Report};
+use common::log::{expect_warning, ptrack_warnings};
+use common::mapfile::{map_files, map_header};
 use common::replica::{self, BackupKind};
+use common::util::phase;
 use common::{workload, Cluster, Lsn, StopMode};
 
 /// Least number of changed blocks for a cycle to prove anything.
 const MIN_CHANGED_BLOCKS: u64 = 1_000;
-
-fn phase(name: &str, t0: Instant, what: &str) {
-    eprintln!("[{name}] {:>6.1}s {what}", t0.elapsed().as_secs_f64());
-}
 
 /// Compares two cold copies against `c`'s pagemapset for `l` and asserts the
 /// tracking is complete, meaningful, and — when `selective` — that most
@@ -131,7 +130,7 @@ fn primary_and_standby(name: &str, standby_conf: &[(&str, &str)]) -> (Cluster, C
     let mut standby =
         replica::base_backup(&primary, &format!("{name}_standby"), BackupKind::Standby);
     assert_eq!(
-        replica::map_files(&standby.pgdata),
+        map_files(&standby.pgdata),
         Vec::<String>::new(),
         "pg_basebackup copied ptrack's map files"
     );
@@ -146,7 +145,7 @@ fn primary_and_standby(name: &str, standby_conf: &[(&str, &str)]) -> (Cluster, C
     let mark = standby.log_mark();
     standby.start();
     assert!(standby.is_in_recovery(), "the standby is not in recovery");
-    replica::expect_warning(&standby.log_since(mark), &["not found"], name);
+    expect_warning(&standby.log_since(mark), &["not found"], name);
 
     // First restartpoint: the standby writes its own map (in hook mode at
     // the restartpoint itself; the WAL follower writes it soon after one, and
@@ -155,7 +154,7 @@ fn primary_and_standby(name: &str, standby_conf: &[(&str, &str)]) -> (Cluster, C
     let redo1 = replica::restartpoint(&primary, &standby);
     let hook_mode = common::tracking_mode() == "hooks";
     if hook_mode {
-        let header = replica::map_header(&standby.pgdata).unwrap_or_else(|| {
+        let header = map_header(&standby.pgdata).unwrap_or_else(|| {
             panic!("[{name}] the standby wrote no global/ptrack.map at its restartpoint")
         });
         assert_eq!(
@@ -173,7 +172,7 @@ fn primary_and_standby(name: &str, standby_conf: &[(&str, &str)]) -> (Cluster, C
         "[{name}] init LSN {init} is after the second restartpoint {redo2}"
     );
     if hook_mode {
-        let header = replica::map_header(&standby.pgdata).expect("standby map");
+        let header = map_header(&standby.pgdata).expect("standby map");
         assert_eq!(
             header.checkpoint_redo, redo2,
             "[{name}] map not rewritten at the second restartpoint"
@@ -237,9 +236,9 @@ fn standby_restartpoints_and_promotion() {
     phase(name, t0, &format!("standby snapshot A, L = {l_a}"));
     workload::part1(&primary);
     workload::part2(&primary);
-    let before_rp = replica::map_header(&standby.pgdata).expect("standby map");
+    let before_rp = map_header(&standby.pgdata).expect("standby map");
     let redo = replica::restartpoint(&primary, &standby);
-    let after_rp = replica::map_header(&standby.pgdata).expect("standby map");
+    let after_rp = map_header(&standby.pgdata).expect("standby map");
     assert!(
         common::tracking_mode() == "wal"
             || (after_rp.checkpoint_redo == redo && redo > before_rp.checkpoint_redo),
@@ -318,7 +317,7 @@ fn standby_crash_mid_replay() {
         // pgbench runs for the first 8 seconds of part1.
         std::thread::sleep(Duration::from_secs(5));
         let replayed = standby.replay_lsn();
-        let map_before = replica::map_header(&standby.pgdata).expect("standby map");
+        let map_before = map_header(&standby.pgdata).expect("standby map");
         standby.stop(StopMode::Immediate);
         phase(
             name,
@@ -337,7 +336,7 @@ fn standby_crash_mid_replay() {
         "[{name}] the standby did not run crash recovery after the immediate stop:\n{log}"
     );
     assert!(
-        replica::ptrack_warnings(&log).is_empty(),
+        ptrack_warnings(&log).is_empty(),
         "[{name}] the standby's map (written at REDO {}) was not kept across the crash:\n{log}",
         map_before.checkpoint_redo
     );

@@ -11,10 +11,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::checker;
-use common::replica::{
-    self, assert_reports_all, base_backup, create_known_table, expect_warning, map_files,
-    map_header, BackupKind,
-};
+use common::log::{expect_warning, ptrack_warnings};
+use common::mapfile::{map_files, map_header};
+use common::pagemap::assert_reports_all;
+use common::replica::{self, base_backup, BackupKind};
+use common::workload::create_known_table;
 use common::{chown_to_server, lsn, Cluster, Lsn, StopMode};
 
 /// A cluster that checkpoints only when asked and leaves tables alone.
@@ -322,7 +323,7 @@ fn pg_checksums_disable_enable() {
     let snap_b = c.base.join("snap_b");
     c.snapshot(&snap_b);
     let log = start_logged(&mut c);
-    let discarded = replica::ptrack_warnings(&log)
+    let discarded = ptrack_warnings(&log)
         .iter()
         .any(|w| w.to_lowercase().contains("discard"));
     let report = checker::compare(&snap_a, &snap_b, &c.pagemapset(l));
@@ -495,7 +496,7 @@ fn pg_checksums_check_skips_the_map() {
     // The server removes the leftover temporary file and keeps the map.
     let log = start_logged(&mut c);
     assert!(
-        replica::ptrack_warnings(&log).is_empty(),
+        ptrack_warnings(&log).is_empty(),
         "map not kept after pg_checksums --check:\n{log}"
     );
     assert_eq!(map_files(&c.pgdata), vec!["ptrack.map"]);

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::faults::wait_for;
+use common::util::wait_for;
 use common::{lsn, Cluster, StopMode};
 
 #[test]

@@ -7,8 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::faults::wait_for;
-use common::replica::{assert_reports_all, create_known_table, expect_warning};
+use common::log::expect_warning;
+use common::pagemap::assert_reports_all;
+use common::util::wait_for;
+use common::workload::create_known_table;
 use common::{lsn, Cluster, Lsn, StopMode};
 
 fn wal_cluster(name: &str) -> Cluster {
@@ -100,11 +102,11 @@ fn follower_tracks_and_reports_its_position() {
     // A clean restart resumes from the map file: same init LSN, still covered.
     c.stop(StopMode::Fast);
     assert_eq!(
-        common::replica::map_files(&c.pgdata),
+        common::mapfile::map_files(&c.pgdata),
         vec!["pgsql_tmp_ptrack.map".to_string()],
         "WAL mode keeps its map under the name unpatched tools skip, and only there"
     );
-    let header = common::replica::map_header_of(&c.pgdata.join("global/pgsql_tmp_ptrack.map"))
+    let header = common::mapfile::map_header_of(&c.pgdata.join("global/pgsql_tmp_ptrack.map"))
         .expect("the map file");
     assert_eq!(header.init_lsn, init);
     c.start();

@@ -88,15 +88,6 @@ pub fn pg_tool(prog: &str) -> Command {
     cmd
 }
 
-/// The libpq connection string of a test cluster.
-pub fn conninfo(cluster: &Cluster) -> String {
-    format!(
-        "host={} port={} user=postgres dbname=postgres",
-        cluster.sockdir.display(),
-        cluster.port
-    )
-}
-
 /// The `ptrack-backup backup` command for `cluster` into `output`.
 pub fn backup_cmd(cluster: &Cluster, output: &Path, parent: Option<&Path>) -> Command {
     let mut cmd = Command::new(ptrack_backup_bin());
@@ -104,7 +95,7 @@ pub fn backup_cmd(cluster: &Cluster, output: &Path, parent: Option<&Path>) -> Co
         .arg("--pgdata")
         .arg(&cluster.pgdata)
         .arg("--dbname")
-        .arg(conninfo(cluster))
+        .arg(cluster.conninfo())
         .arg("--output")
         .arg(output);
     if let Some(parent) = parent {

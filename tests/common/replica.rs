@@ -1,134 +1,13 @@
-//! Servers made from a ptrack cluster with PostgreSQL's own tools — streaming
-//! standbys and copies taken by `pg_basebackup` or by hand — and the helpers the
-//! standby and tools tests share: waiting for replay, restartpoints, promotion,
-//! reading the map file's header, ptrack's WARNINGs, a reference table.
+//! Servers made from a ptrack cluster with PostgreSQL's own tools: streaming
+//! standbys and copies taken by `pg_basebackup`, waiting for replay,
+//! restartpoints, promotion.
 
-use std::fs;
-use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{check_output, lossy, lsn, Cluster, ClusterDirs, Lsn, PageMapSet, BLCKSZ};
+use super::{lsn, Cluster, Lsn};
 
 /// How long to wait for a standby to replay up to a position.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The fields of a `global/ptrack.map` header the tests look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapHeader {
-    pub system_identifier: u64,
-    pub init_lsn: Lsn,
-    pub checkpoint_redo: Lsn,
-    pub data_checksum_version: u32,
-}
-
-/// Reads the header of the map file of the mode under test in
-/// `<pgdata>/global`, `None` when there is no such file.
-pub fn map_header(pgdata: &Path) -> Option<MapHeader> {
-    map_header_of(&pgdata.join("global").join(super::map_file_name()))
-}
-
-/// Reads the header of the map file `path`, `None` when there is no such
-/// file. Panics on a file that does not start with the map's magic.
-pub fn map_header_of(path: &Path) -> Option<MapHeader> {
-    let bytes = fs::read(path).ok()?;
-    assert!(
-        bytes.len() >= 64 && &bytes[0..8] == b"PTRACKMP",
-        "{} is not a ptrack map ({} bytes)",
-        path.display(),
-        bytes.len()
-    );
-    let u64_at = |off: usize| u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"));
-    Some(MapHeader {
-        system_identifier: u64_at(16),
-        init_lsn: Lsn(u64_at(32)),
-        checkpoint_redo: Lsn(u64_at(40)),
-        data_checksum_version: u32::from_le_bytes(bytes[48..52].try_into().expect("4 bytes")),
-    })
-}
-
-/// Names of ptrack's map files in `<pgdata>/global`, of either mode
-/// (`ptrack.map*`, `pgsql_tmp_ptrack.map*`).
-pub fn map_files(pgdata: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(pgdata.join("global"))
-        .unwrap_or_else(|e| panic!("readdir {}/global: {e}", pgdata.display()))
-        .map(|e| {
-            e.expect("readdir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .filter(|n| n.starts_with("ptrack") || n.starts_with("pgsql_tmp_ptrack"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// ptrack's WARNINGs in a log excerpt, each with its DETAIL/HINT lines.
-pub fn ptrack_warnings(log: &str) -> Vec<String> {
-    let lines: Vec<&str> = log.lines().collect();
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.contains("WARNING:") && line.contains("ptrack") {
-            let mut msg = line.to_string();
-            for more in lines[i + 1..]
-                .iter()
-                .take_while(|l| l.contains("DETAIL:") || l.contains("HINT:"))
-            {
-                msg.push('\n');
-                msg.push_str(more);
-            }
-            out.push(msg);
-        }
-    }
-    out
-}
-
-/// Asserts that the log excerpt has a ptrack WARNING containing every one of
-/// `words` (case-insensitive), and returns it.
-pub fn expect_warning(log: &str, words: &[&str], context: &str) -> String {
-    ptrack_warnings(log)
-        .into_iter()
-        .find(|w| {
-            let lower = w.to_lowercase();
-            w.contains("ptrack:")
-                && words
-                    .iter()
-                    .all(|word| lower.contains(&word.to_lowercase()))
-        })
-        .unwrap_or_else(|| {
-            panic!("[{context}] no ptrack WARNING containing {words:?} in the server log:\n{log}")
-        })
-}
-
-/// Creates the reference table `known` (frozen, never written again) and
-/// returns its file path and block count.
-pub fn create_known_table(c: &Cluster) -> (String, u64) {
-    c.psql(
-        "CREATE EXTENSION IF NOT EXISTS ptrack;
-         CREATE TABLE known (id int, pad text) WITH (autovacuum_enabled = off);
-         INSERT INTO known SELECT g, repeat('k', 300) FROM generate_series(1, 2000) g;
-         VACUUM (FREEZE, ANALYZE) known;
-         CHECKPOINT;",
-    );
-    let path = c.query_one("SELECT pg_relation_filepath('known')");
-    let bytes: u64 = c
-        .query_one("SELECT pg_relation_size('known')")
-        .parse()
-        .expect("relation size");
-    (path, bytes / BLCKSZ as u64)
-}
-
-/// Asserts that `path` is reported with exactly its blocks `0..blocks`.
-pub fn assert_reports_all(set: &PageMapSet, path: &str, blocks: u64, why: &str) {
-    assert!(blocks > 0, "{why}: {path} has no block");
-    let got = set.get(path).map(|m| m.set_blocks()).unwrap_or_default();
-    assert_eq!(
-        got,
-        (0..blocks).collect::<Vec<_>>(),
-        "{why}: {path} must be reported with all of its {blocks} blocks"
-    );
-}
 
 /// What `base_backup` makes of the copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,67 +19,6 @@ pub enum BackupKind {
 }
 
 impl Cluster {
-    /// A new cluster directory (base, socket directory) without a data
-    /// directory, configured like `template` but with its own port and socket:
-    /// the target of `pg_basebackup` or of a copy.
-    pub fn empty_like(template: &Cluster, name: &str) -> Cluster {
-        let root = template.base.parent().expect("cluster base has a parent");
-        let ClusterDirs {
-            base,
-            sockdir,
-            port,
-        } = ClusterDirs::create(root, name);
-        let mut settings = template.settings.clone();
-        settings.insert("port".into(), port.to_string());
-        settings.insert(
-            "unix_socket_directories".into(),
-            format!("'{}'", sockdir.display()),
-        );
-        Cluster {
-            name: name.to_string(),
-            pgdata: base.join("data"),
-            logfile: base.join("server.log"),
-            sockdir,
-            base,
-            port,
-            settings,
-            running: false,
-        }
-    }
-
-    /// Writes this cluster's test settings into its data directory (after the
-    /// data directory was filled by a copy that brought the source's settings).
-    pub fn rewrite_settings(&self) {
-        self.write_settings();
-    }
-
-    /// Runs one of the installation's programs as the server's OS user and
-    /// returns its output, whatever its exit status.
-    pub fn run_tool(&self, prog: &str, args: &[&str]) -> Output {
-        self.server_cmd(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("failed to run {prog}: {e}"))
-    }
-
-    /// Runs a program as the server's OS user, panicking when it fails; returns
-    /// its stdout followed by its stderr.
-    pub fn tool(&self, prog: &str, args: &[&str]) -> String {
-        let out = self.run_tool(prog, args);
-        check_output(&format!("{prog} {}", args.join(" ")), &out);
-        format!("{}{}", lossy(&out.stdout), lossy(&out.stderr))
-    }
-
-    /// A libpq connection string for this server.
-    pub fn conninfo(&self) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.sockdir.display(),
-            self.port
-        )
-    }
-
     pub fn is_in_recovery(&self) -> bool {
         self.query_one("SELECT pg_is_in_recovery()") == "t"
     }

@@ -1,10 +1,10 @@
 //! The workload the cold-copy tests run between their two snapshots: pgbench
 //! plus the operations that create, copy, move or rewrite relation files
-//! outside the plain buffer-manager path.
+//! outside the plain buffer-manager path; and a frozen reference table.
 
 use std::path::PathBuf;
 
-use super::Cluster;
+use super::{Cluster, BLCKSZ};
 
 /// Objects created by [`setup`] that the later parts use.
 pub struct Workload {
@@ -165,4 +165,22 @@ pub fn burst(c: &Cluster) {
          CREATE INDEX tr_t_id ON tr_t (id);
          UPDATE ts_resident SET v = 'burst' WHERE id % 7 = 0;",
     );
+}
+
+/// Creates the reference table `known` (frozen, never written again) and
+/// returns its file path and block count.
+pub fn create_known_table(c: &Cluster) -> (String, u64) {
+    c.psql(
+        "CREATE EXTENSION IF NOT EXISTS ptrack;
+         CREATE TABLE known (id int, pad text) WITH (autovacuum_enabled = off);
+         INSERT INTO known SELECT g, repeat('k', 300) FROM generate_series(1, 2000) g;
+         VACUUM (FREEZE, ANALYZE) known;
+         CHECKPOINT;",
+    );
+    let path = c.query_one("SELECT pg_relation_filepath('known')");
+    let bytes: u64 = c
+        .query_one("SELECT pg_relation_size('known')")
+        .parse()
+        .expect("relation size");
+    (path, bytes / BLCKSZ as u64)
 }
