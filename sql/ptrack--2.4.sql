@@ -2,9 +2,12 @@
 
 \echo Use "CREATE EXTENSION ptrack" to load this file. \quit
 
+-- The C functions are src/sql.rs's #[pg_extern] functions: pgrx names their
+-- symbols <name>_wrapper. This file, not pgrx, declares their SQL signatures.
+
 CREATE FUNCTION ptrack_version()
 RETURNS text
-AS 'MODULE_PATHNAME'
+AS 'MODULE_PATHNAME', 'ptrack_version_wrapper'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION ptrack_version() IS
@@ -12,7 +15,7 @@ COMMENT ON FUNCTION ptrack_version() IS
 
 CREATE FUNCTION ptrack_init_lsn()
 RETURNS pg_lsn
-AS 'MODULE_PATHNAME'
+AS 'MODULE_PATHNAME', 'ptrack_init_lsn_wrapper'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION ptrack_init_lsn() IS
@@ -20,7 +23,7 @@ COMMENT ON FUNCTION ptrack_init_lsn() IS
 
 CREATE FUNCTION ptrack_get_pagemapset(start_lsn pg_lsn)
 RETURNS TABLE (path text, pagecount bigint, pagemap bytea)
-AS 'MODULE_PATHNAME'
+AS 'MODULE_PATHNAME', 'ptrack_get_pagemapset_wrapper'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION ptrack_get_pagemapset(pg_lsn) IS
@@ -42,7 +45,7 @@ COMMENT ON FUNCTION ptrack_get_change_stat(pg_lsn) IS
 CREATE FUNCTION ptrack_status()
 RETURNS TABLE (mode text, map_size_mb integer, init_lsn pg_lsn,
                wal_tracked_through pg_lsn, wal_lag_bytes bigint)
-AS 'MODULE_PATHNAME'
+AS 'MODULE_PATHNAME', 'ptrack_status_wrapper'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION ptrack_status() IS

@@ -1,25 +1,20 @@
-//! The SQL API, compatible with ptrack 2.4 as pg_probackup uses it. The SQL
-//! declarations are in `sql/ptrack--2.4.sql`.
+//! The SQL API, compatible with ptrack 2.4 as pg_probackup uses it.
+//!
+//! `sql/ptrack--2.4.sql` declares the functions by hand, with ptrack 2.4's
+//! names, types, markings and column names, and points them at the C symbols
+//! `#[pg_extern]` generates (`<name>_wrapper`): with pgrx's
+//! `no-schema-generation` nothing is generated from these signatures, so a
+//! plain `cargo build` suffices and the SQL file is the one authority.
 
-use pgrx::pg_sys;
+mod pg_lsn;
+
 use pgrx::prelude::*;
-use pgrx::IntoDatum;
 use ptrack_core::mapfile::TrackingMode;
 use ptrack_core::Lsn;
 use ptrack_core::{walk, LsnMap};
 
 use crate::{follower, raise, server, shmem, MAP_SIZE_MB};
-
-/// Declares a version-1 C function: PostgreSQL looks up `pg_finfo_<name>`.
-macro_rules! function_info_v1 {
-    ($finfo:ident) => {
-        #[no_mangle]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
+use pg_lsn::PgLsn;
 
 /// The shared map, or an ERROR saying why there is none.
 fn map_or_error() -> LsnMap<'static> {
@@ -54,37 +49,37 @@ fn init_lsn(map: &LsnMap<'_>) -> Lsn {
     }
 }
 
-function_info_v1!(pg_finfo_ptrack_version);
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn ptrack_version(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+#[pg_extern]
+fn ptrack_version() -> &'static str {
     crate::PTRACK_VERSION
-        .into_datum()
-        .unwrap_or(pg_sys::Datum::from(0))
 }
 
-function_info_v1!(pg_finfo_ptrack_init_lsn);
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn ptrack_init_lsn(
-    _fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
-    pg_sys::Datum::from(init_lsn(&map_or_error()).0)
+#[pg_extern]
+fn ptrack_init_lsn() -> PgLsn {
+    PgLsn(init_lsn(&map_or_error()))
 }
 
-function_info_v1!(pg_finfo_ptrack_get_pagemapset);
 /// `ptrack_get_pagemapset(start_lsn pg_lsn) RETURNS TABLE (path text,
 /// pagecount bigint, pagemap bytea)`: one row per relation segment file with a
-/// block changed since `start_lsn`, materialized in one pass.
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn ptrack_get_pagemapset(
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> pg_sys::Datum {
+/// block changed since `start_lsn`.
+///
+/// The checks and the wait run in the first call, before any row. The walk
+/// then yields one row per call, holding one database directory's file list
+/// at a time: the rows exist once, in what the executor keeps of them (a
+/// FunctionScan's tuplestore).
+#[pg_extern]
+fn ptrack_get_pagemapset(
+    start_lsn: PgLsn,
+) -> TableIterator<
+    'static,
+    (
+        name!(path, String),
+        name!(pagecount, i64),
+        name!(pagemap, Vec<u8>),
+    ),
+> {
     let map = map_or_error();
-    // SAFETY: the function is declared STRICT with one pg_lsn argument, a
-    // by-value 64-bit datum, so argument 0 exists and is not null.
-    let since = Lsn(unsafe { (*fcinfo).args.as_slice(1)[0].value.value() } as u64);
+    let since = start_lsn.0;
     let now = server::current_lsn();
     if since > now {
         raise(
@@ -97,75 +92,41 @@ pub unsafe extern "C-unwind" fn ptrack_get_pagemapset(
     init_lsn(&map);
     let layout = server::layout();
     let data_dir = server::data_dir();
-    let dirs = walk::database_dirs(&data_dir, &layout)
-        .unwrap_or_else(|error| error!("ptrack: cannot list the data directory: {error}"));
-    // SAFETY: called as a set-returning function with a ReturnSetInfo that
-    // accepts materialize mode, as the SQL declaration guarantees.
-    unsafe { pg_sys::InitMaterializedSRF(fcinfo, 0) };
-    for dir in dirs {
-        pgrx::check_for_interrupts!();
-        let files = walk::segment_files_in(&data_dir, &dir, &layout)
-            .unwrap_or_else(|error| error!("ptrack: cannot list a database directory: {error}"));
-        for file in files {
-            let Some(changed) = walk::segment_pagemap(&map, &file, since, &layout) else {
-                continue;
-            };
-            let mut values = [
-                changed
-                    .path
-                    .as_str()
-                    .into_datum()
-                    .unwrap_or(pg_sys::Datum::from(0)),
-                pg_sys::Datum::from(changed.pagecount as i64),
-                changed
-                    .pagemap
-                    .as_slice()
-                    .into_datum()
-                    .unwrap_or(pg_sys::Datum::from(0)),
-            ];
-            // SAFETY: `values` match the three-column result descriptor.
-            unsafe { put_row(fcinfo, &mut values, &mut [false; 3], &[0, 2]) };
-        }
-    }
-    pg_sys::Datum::from(0)
-}
-
-/// Stores one row of `values` into a materialized set-returning function's
-/// result. Datums that are pointers (`by_reference`) are freed after the copy.
-///
-/// # Safety
-/// `fcinfo` is a set-returning call whose result descriptor has exactly
-/// `values.len()` columns of the datums' types, after `InitMaterializedSRF`.
-unsafe fn put_row(
-    fcinfo: pg_sys::FunctionCallInfo,
-    values: &mut [pg_sys::Datum],
-    nulls: &mut [bool],
-    by_reference: &[usize],
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-        pg_sys::tuplestore_putvalues(
-            (*rsinfo).setResult,
-            (*rsinfo).setDesc,
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-        );
-        for &column in by_reference {
-            if !nulls[column] {
-                pg_sys::pfree(values[column].cast_mut_ptr());
+    let mut dirs = walk::database_dirs(&data_dir, &layout)
+        .unwrap_or_else(|error| error!("ptrack: cannot list the data directory: {error}"))
+        .into_iter();
+    let mut files = Vec::new().into_iter();
+    TableIterator::new(std::iter::from_fn(move || loop {
+        for file in files.by_ref() {
+            if let Some(changed) = walk::segment_pagemap(&map, &file, since, &layout) {
+                return Some((changed.path, changed.pagecount as i64, changed.pagemap));
             }
         }
-    }
+        let dir = dirs.next()?;
+        pgrx::check_for_interrupts!();
+        files = walk::segment_files_in(&data_dir, &dir, &layout)
+            .unwrap_or_else(|error| error!("ptrack: cannot list a database directory: {error}"))
+            .into_iter();
+    }))
 }
 
-function_info_v1!(pg_finfo_ptrack_status);
 /// `ptrack_status() RETURNS TABLE (mode text, map_size_mb integer, init_lsn
 /// pg_lsn, wal_tracked_through pg_lsn, wal_lag_bytes bigint)`: how ptrack
 /// tracks and, in WAL mode, where the follower is. Never waits.
-#[pg_guard]
-#[no_mangle]
-pub unsafe extern "C-unwind" fn ptrack_status(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+// The row stays written out: `#[pg_extern]` rejects a type alias for a
+// TableIterator's row, and the `name!`s mirror the SQL file's column names.
+#[allow(clippy::type_complexity)]
+#[pg_extern]
+fn ptrack_status() -> TableIterator<
+    'static,
+    (
+        name!(mode, &'static str),
+        name!(map_size_mb, i32),
+        name!(init_lsn, Option<PgLsn>),
+        name!(wal_tracked_through, Option<PgLsn>),
+        name!(wal_lag_bytes, Option<i64>),
+    ),
+> {
     let map = shmem::shared_map();
     let mode = match (crate::active_mode(), map.is_some()) {
         (Some(TrackingMode::Hooks), true) => "hooks",
@@ -173,28 +134,9 @@ pub unsafe extern "C-unwind" fn ptrack_status(fcinfo: pg_sys::FunctionCallInfo) 
         _ => "off",
     };
     let wal_map = map.filter(|_| mode == "wal");
-    let init = map.map(|m| m.init_lsn()).filter(|l| l.is_valid());
-    let lsn_datum = |lsn: Option<Lsn>| (pg_sys::Datum::from(lsn.map_or(0, |l| l.0)), lsn.is_none());
-    let (init_datum, init_null) = lsn_datum(init);
-    let (through_datum, through_null) = lsn_datum(
-        wal_map
-            .map(|m| m.wal_tracked_through())
-            .filter(|l| l.is_valid()),
-    );
+    let valid = |lsn: Lsn| lsn.is_valid().then_some(PgLsn(lsn));
+    let init = map.and_then(|m| valid(m.init_lsn()));
+    let through = wal_map.and_then(|m| valid(m.wal_tracked_through()));
     let lag = wal_map.map(|m| follower::lag_bytes(&m) as i64);
-    let mut values = [
-        mode.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-        pg_sys::Datum::from(MAP_SIZE_MB.get()),
-        init_datum,
-        through_datum,
-        pg_sys::Datum::from(lag.unwrap_or(0)),
-    ];
-    let mut nulls = [false, false, init_null, through_null, lag.is_none()];
-    // SAFETY: declared in SQL as a set-returning function of these five
-    // columns, called with a ReturnSetInfo that accepts materialize mode.
-    unsafe {
-        pg_sys::InitMaterializedSRF(fcinfo, 0);
-        put_row(fcinfo, &mut values, &mut nulls, &[0]);
-    }
-    pg_sys::Datum::from(0)
+    TableIterator::once((mode, MAP_SIZE_MB.get(), init, through, lag))
 }
