@@ -90,6 +90,7 @@ fn ptrack_get_pagemapset(
     }
     // WAL mode: waits until the WAL written before this call is in the map.
     init_lsn(&map);
+    let covered = map.covers(since);
     let layout = server::layout();
     let data_dir = server::data_dir();
     let mut dirs = walk::database_dirs(&data_dir, &layout)
@@ -102,7 +103,23 @@ fn ptrack_get_pagemapset(
                 return Some((changed.path, changed.pagecount as i64, changed.pagemap));
             }
         }
-        let dir = dirs.next()?;
+        let Some(dir) = dirs.next() else {
+            // The map forgets (its init LSN rises) only where marks may be
+            // missing: an answer that began as a partial one may have been
+            // computed from them, so it fails rather than mislead. (One that
+            // began below the init LSN reported every block.)
+            if covered && !map.covers(since) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!(
+                        "ptrack forgot the changes before {} while this query ran",
+                        map.init_lsn()
+                    ),
+                    "take a full backup: ptrack_init_lsn() is now above start_lsn",
+                );
+            }
+            return None;
+        };
         pgrx::check_for_interrupts!();
         files = walk::segment_files_in(&data_dir, &dir, &layout)
             .unwrap_or_else(|error| error!("ptrack: cannot list a database directory: {error}"))
@@ -139,4 +156,58 @@ fn ptrack_status() -> TableIterator<
     let through = wal_map.and_then(|m| valid(m.wal_tracked_through()));
     let lag = wal_map.map(|m| follower::lag_bytes(&m) as i64);
     TableIterator::once((mode, MAP_SIZE_MB.get(), init, through, lag))
+}
+
+/// Exports ptrack 2.4's own C symbol names too. A catalog made by C ptrack
+/// (`CREATE EXTENSION` before the library was replaced by this one, or
+/// carried over by `pg_upgrade`, which recreates functions with their symbol
+/// names) calls `ptrack_version`, not pgrx's `ptrack_version_wrapper`. pgrx
+/// cannot name a function's symbol, so these two lines per function are
+/// written by hand: a version-1 info record and a forward to the wrapper.
+macro_rules! ptrack24_symbol {
+    ($symbol:ident, $finfo:ident, $wrapper:ident) => {
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+
+        /// # Safety
+        /// Called by PostgreSQL's function manager as a version-1 function.
+        #[no_mangle]
+        pub unsafe extern "C-unwind" fn $symbol(
+            fcinfo: pgrx::pg_sys::FunctionCallInfo,
+        ) -> pgrx::pg_sys::Datum {
+            // SAFETY: the same call, with the same `fcinfo`, that the
+            // function manager makes of the wrapper under its own name.
+            unsafe { $wrapper(fcinfo) }
+        }
+    };
+}
+
+/// The exports under ptrack 2.4's names, in a module of their own: in this
+/// one the Rust names are the SQL functions'.
+mod ptrack24_symbols {
+    use super::{
+        ptrack_get_pagemapset_wrapper, ptrack_init_lsn_wrapper, ptrack_status_wrapper,
+        ptrack_version_wrapper,
+    };
+
+    ptrack24_symbol!(
+        ptrack_version,
+        pg_finfo_ptrack_version,
+        ptrack_version_wrapper
+    );
+    ptrack24_symbol!(
+        ptrack_init_lsn,
+        pg_finfo_ptrack_init_lsn,
+        ptrack_init_lsn_wrapper
+    );
+    ptrack24_symbol!(
+        ptrack_get_pagemapset,
+        pg_finfo_ptrack_get_pagemapset,
+        ptrack_get_pagemapset_wrapper
+    );
+    ptrack24_symbol!(ptrack_status, pg_finfo_ptrack_status, ptrack_status_wrapper);
 }

@@ -342,3 +342,44 @@ fn future_lsn_is_a_clear_error() {
         "the current LSN is accepted: {rows}"
     );
 }
+
+/// A catalog made by C ptrack 2.4 (its extension created before the library
+/// was replaced by this one, or recreated by `pg_upgrade` with the symbol
+/// names it had) calls the library's functions by ptrack 2.4's C symbol
+/// names, which are the SQL names. They must answer as the functions do.
+#[test]
+fn ptrack_2_4_symbol_names_answer_as_the_functions_do() {
+    let mut c = Cluster::new("sql_symbols");
+    c.start();
+    c.psql(
+        "CREATE EXTENSION ptrack;
+         CREATE SCHEMA c_ptrack;
+         CREATE FUNCTION c_ptrack.ptrack_version() RETURNS text
+             AS '$libdir/ptrack' LANGUAGE C STRICT VOLATILE;
+         CREATE FUNCTION c_ptrack.ptrack_init_lsn() RETURNS pg_lsn
+             AS '$libdir/ptrack' LANGUAGE C STRICT VOLATILE;
+         CREATE FUNCTION c_ptrack.ptrack_get_pagemapset(start_lsn pg_lsn)
+             RETURNS TABLE (path text, pagecount bigint, pagemap bytea)
+             AS '$libdir/ptrack' LANGUAGE C STRICT VOLATILE;
+         CHECKPOINT;",
+    );
+    let since = c.query_one("SELECT c_ptrack.ptrack_init_lsn()");
+    assert_eq!(since, c.query_one("SELECT ptrack_init_lsn()"));
+    assert_eq!(
+        c.query_one("SELECT c_ptrack.ptrack_version()"),
+        c.query_one("SELECT ptrack_version()")
+    );
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g;");
+    let rows = |schema: &str| {
+        c.query_rows(&format!(
+            "SELECT path, pagecount, encode(pagemap, 'hex') \
+             FROM {schema}.ptrack_get_pagemapset('{since}') ORDER BY path"
+        ))
+    };
+    let by_old_names = rows("c_ptrack");
+    assert!(
+        by_old_names.len() > 1,
+        "the new table's file is reported: {by_old_names:?}"
+    );
+    assert_eq!(by_old_names, rows("public"));
+}
