@@ -205,7 +205,25 @@ impl<'a> Follower<'a> {
     }
 
     fn apply(&self, effect: RecordEffect, lsn: Lsn) {
-        apply_effect(&self.map, effect, lsn);
+        apply_effect(&self.map, effect, lsn, CutRecording::Exact);
+    }
+
+    /// Marks what the forks of the cut table grew by since the last time
+    /// ([`LsnMap::account_growth`]): the blocks a relation gains without a
+    /// WAL record naming them. Before each map write, so the file carries it.
+    fn account_growth(&self) {
+        let (data_dir, layout) = (server::data_dir(), server::layout());
+        let accounting = self.map.account_growth(
+            |file| walk::fork_blocks(&data_dir, file, &layout),
+            server::current_lsn,
+        );
+        if accounting.unreadable > 0 {
+            log!(
+                "ptrack: could not read the length of {} of the {} relation forks cut or created                  since the map began; their blocks past the last length read stay reported",
+                accounting.unreadable,
+                accounting.forks
+            );
+        }
     }
 
     /// The WAL cannot be read on. The follower exits; restarted, it resumes
@@ -235,6 +253,7 @@ impl<'a> Follower<'a> {
         if through == self.persisted_through {
             return;
         }
+        self.account_growth();
         match hooks::persist_map(&self.map, server::checkpoint_redo()) {
             Ok(()) => {
                 server::set_follower_slot_lsn(through, true);
@@ -249,10 +268,24 @@ impl<'a> Follower<'a> {
     }
 }
 
+/// How a cut is recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CutRecording {
+    /// WAL mode: in the cut table too, so that it counts for later start
+    /// LSNs; the follower accounts for what the fork grows by afterwards.
+    Exact,
+    /// Hook mode's crash scan: the hooks mark every block a relation grows
+    /// by, so the map's own cut marks are enough.
+    MarksOnly,
+}
+
 /// Marks what one record did, as of `lsn` (the record's end).
-fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn) {
+fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn, cuts: CutRecording) {
     match effect {
         RecordEffect::Block(block) => map.mark(&block, lsn),
+        RecordEffect::Cut { file, length } if cuts == CutRecording::Exact => {
+            record_cut(map, &file, length, lsn)
+        }
         RecordEffect::Cut { file, length } => map.mark_cut(&file, length, lsn),
         RecordEffect::CopiedDatabase {
             tablespace,
@@ -263,25 +296,44 @@ fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn) {
                 database,
             }
             .relative_path(&server::layout().tablespace_version_dir);
-            if let Err(error) = walk::mark_copied_directory(
+            match walk::mark_copied_directory(
                 map,
                 &server::data_dir(),
                 &relative,
                 &server::layout(),
                 lsn,
             ) {
-                // The directory is gone again (dropped since) or unreadable:
-                // either way nothing of it can be vouched for.
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    map.forget_before(lsn);
-                    warning!(
-                        "ptrack: could not mark the blocks of copied database directory \
+                Ok(copied) if cuts == CutRecording::Exact => {
+                    for fork in &copied.forks {
+                        record_cut(map, fork, 0, lsn);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    // The directory is gone again (dropped since) or unreadable:
+                    // either way nothing of it can be vouched for.
+                    if error.kind() != std::io::ErrorKind::NotFound {
+                        map.forget_before(lsn);
+                        warning!(
+                            "ptrack: could not mark the blocks of copied database directory \
                          \"{relative}\" ({error}); changes before {lsn} are now unknown \
                          (new init LSN)"
-                    );
+                        );
+                    }
                 }
             }
         }
+    }
+}
+
+/// [`LsnMap::record_cut`], saying in the log when a full table made the map
+/// forget.
+fn record_cut(map: &LsnMap<'_>, file: &ptrack_core::RelFileKey, length: u32, lsn: Lsn) {
+    if let Err(full) = map.record_cut(file, length, lsn) {
+        warning!(
+            "ptrack: {full}: changes before {} are now unknown (new init LSN); the next backup              must be a full one (a larger ptrack.map_size holds more forks)",
+            map.init_lsn()
+        );
     }
 }
 
@@ -303,7 +355,7 @@ pub fn mark_wal_after_crash(map: &LsnMap<'_>, from: Lsn, timeline: u32, limit: L
     let mut records = 0u64;
     while let Ok(Some(record)) = reader.next_record(limit) {
         for effect in record_effects(&record) {
-            apply_effect(map, effect, record.end);
+            apply_effect(map, effect, record.end, CutRecording::MarksOnly);
         }
         records += 1;
     }

@@ -191,7 +191,7 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
         }
     };
     let global = server::data_dir().join("global");
-    mapfile::persist_with(&global, &meta, map.slots(), &mut inject_faults)?;
+    mapfile::persist_with(&global, &meta, map.words(), &mut inject_faults)?;
     shmem::flushed_at(map, redo);
     Ok(())
 }

@@ -569,7 +569,7 @@ fn recorded_highest(path: &std::path::Path, system_identifier: u64) -> Option<Ls
 }
 
 fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
-    map.load(file.meta().init_lsn, file.slots());
+    map.load(file.meta().init_lsn, file.words());
     map.set_flushed_redo(file.meta().checkpoint_redo);
     map.set_wal_tracked_through(file.meta().wal_tracked_through);
     let meta = file.meta();

@@ -51,14 +51,6 @@ fn restored_block(
 
 #[test]
 fn a_relation_truncated_then_regrown_restores_exactly_through_a_chain() {
-    if common::tracking_mode() == "wal" {
-        // Known hole, issue 14: in WAL mode a cut counts only for start LSNs
-        // before it, and the zero blocks of the regrowth leave no WAL (53
-        // blocks restored stale here). Chains restored with the backups' own
-        // file lengths (pg_combinebackup, ptrack-backup) are not affected.
-        eprintln!("skipped in WAL mode: the cut is not yet kept for later start LSNs");
-        return;
-    }
     let mut c = Cluster::new("chain_rule");
     c.set_conf("autovacuum", "off");
     c.start();

@@ -18,8 +18,14 @@ fn slot_count(map_mb: u64) -> u64 {
     map_mb * 1_048_576 / 8
 }
 
+/// Format version 2: after the slots, the cut table of one three-word entry
+/// per 512 slots (at least 64, at most 2^22 entries).
+fn cut_table_words(map_mb: u64) -> u64 {
+    (slot_count(map_mb) / 512).clamp(64, 1 << 22) * 3
+}
+
 fn map_len(map_mb: u64) -> usize {
-    HEADER_LEN + 8 * slot_count(map_mb) as usize + TRAILER_LEN
+    HEADER_LEN + 8 * (slot_count(map_mb) + cut_table_words(map_mb)) as usize + TRAILER_LEN
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -48,7 +54,7 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
         path.display()
     );
     assert_eq!(&b[0..8], MAGIC, "magic");
-    assert_eq!(u32_at(&b, 8), 1, "format version");
+    assert_eq!(u32_at(&b, 8), 2, "format version");
     assert_eq!(u32_at(&b, 12), HEADER_LEN as u32, "header length");
     assert_eq!(u64_at(&b, 16), c.system_identifier(), "system identifier");
     assert_eq!(u64_at(&b, 24), slot_count(map_mb), "slot count");
@@ -195,7 +201,8 @@ fn damage_map(c: &Cluster, kind: Damage) {
             b[off] ^= 0x80;
         }
         Damage::WrongVersion => {
-            b[8..12].copy_from_slice(&2u32.to_le_bytes());
+            // Version 1, the format before the cut table: what an upgrade finds.
+            b[8..12].copy_from_slice(&1u32.to_le_bytes());
             recompute_crc(&mut b);
         }
         Damage::ForeignSystemId => {

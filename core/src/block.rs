@@ -85,6 +85,13 @@ impl RelFileKey {
         }
     }
 
+    /// A hash of the fork alone (that of a block number no block has), for
+    /// tables keyed by fork ([`crate::cuts`]).
+    #[inline]
+    pub fn identity_hash(&self) -> u64 {
+        self.hasher().hash(u32::MAX)
+    }
+
     pub fn block(self, block: u32) -> BlockKey {
         BlockKey { file: self, block }
     }

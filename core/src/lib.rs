@@ -5,6 +5,7 @@
 //! * [`live`]: the live map on tmpfs that survives process crashes.
 //! * [`block`]: the identity of a relation block and its two map slots.
 //! * [`map`]: the lock-free LSN map that lives in shared memory.
+//! * [`cuts`]: the forks cut or created since the map began, for WAL mode.
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
 //! * [`relfile`]: relation file names and data-directory paths.
 //! * [`startup`]: where a new map's knowledge starts (its init LSN).
@@ -14,6 +15,7 @@
 //! The extension (the crate one directory up) is a thin pgrx shell around these.
 
 pub mod block;
+pub mod cuts;
 pub mod live;
 pub mod lsn;
 pub mod map;

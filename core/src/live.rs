@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::lsn::Lsn;
 
 pub const LIVE_MAGIC: [u8; 8] = *b"PTRKLIVE";
-pub const LIVE_VERSION: u32 = 1;
+/// Version 2: the map region ends with a cut table ([`crate::cuts`]).
+pub const LIVE_VERSION: u32 = 2;
 
 /// The header at the start of the live file.
 #[repr(C, align(64))]

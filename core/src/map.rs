@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::block::{slot_pair, BlockHasher, BlockKey, RelFileKey};
+use crate::cuts::{CutTable, CutTableFull};
 use crate::lsn::Lsn;
 
 /// Levels of dyadic ranges over 32-bit block numbers, the whole space last.
@@ -22,7 +23,8 @@ const CUT_SEARCH_BUDGET: u32 = 256;
 
 /// The part of the shared map that is not slots.
 ///
-/// It sits at the start of the shared memory region, followed by the slots.
+/// It sits at the start of the shared memory region, followed by the slots and
+/// then the cut table ([`crate::cuts`]): together the map's words.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub struct MapState {
@@ -43,11 +45,14 @@ pub struct MapState {
     wal_read_to: AtomicU64,
 }
 
-/// A view of a map: its state and its slots, wherever they live.
+/// A view of a map: its state, slots and cut table, wherever they live.
 #[derive(Clone, Copy, Debug)]
 pub struct LsnMap<'a> {
     state: &'a MapState,
+    /// The slots followed by the cut table's words, as the map file stores them.
+    words: &'a [AtomicU64],
     slots: &'a [AtomicU64],
+    cuts: CutTable<'a>,
 }
 
 /// Raises `slot` to at least `lsn`.
@@ -68,17 +73,34 @@ fn raise(slot: &AtomicU64, lsn: u64) {
 }
 
 impl<'a> LsnMap<'a> {
-    /// A view of `slots` governed by `state`. There must be at least one slot.
-    pub fn new(state: &'a MapState, slots: &'a [AtomicU64]) -> Option<Self> {
-        (!slots.is_empty()).then_some(LsnMap { state, slots })
+    /// A view of `words` ([`LsnMap::word_count`]`(slot_count)` of them)
+    /// governed by `state`. There must be at least one slot.
+    fn over_words(state: &'a MapState, words: &'a [AtomicU64], slot_count: usize) -> Option<Self> {
+        if slot_count == 0 || words.len() != Self::word_count(slot_count) {
+            return None;
+        }
+        let (slots, cuts) = words.split_at(slot_count);
+        Some(LsnMap {
+            state,
+            words,
+            slots,
+            cuts: CutTable::new(cuts),
+        })
+    }
+
+    /// Words of a map of `slot_count` slots: the slots and the cut table.
+    pub fn word_count(slot_count: usize) -> usize {
+        slot_count + CutTable::words_for(slot_count)
     }
 
     /// Bytes of shared memory a map of `slot_count` slots occupies.
     pub fn region_size(slot_count: usize) -> usize {
-        std::mem::size_of::<MapState>() + slot_count * std::mem::size_of::<AtomicU64>()
+        std::mem::size_of::<MapState>()
+            + Self::word_count(slot_count) * std::mem::size_of::<AtomicU64>()
     }
 
-    /// A view of a region laid out as [`MapState`] followed by `slot_count` slots.
+    /// A view of a region laid out as [`MapState`] followed by the words of a
+    /// map of `slot_count` slots.
     ///
     /// # Safety
     /// `region` must point to [`LsnMap::region_size`]`(slot_count)` bytes, aligned
@@ -93,9 +115,9 @@ impl<'a> LsnMap<'a> {
         // multiple of 64 bytes, so they are aligned for `AtomicU64`.
         unsafe {
             let state = &*(region as *const MapState);
-            let first_slot = region.add(std::mem::size_of::<MapState>()) as *const AtomicU64;
-            let slots = std::slice::from_raw_parts(first_slot, slot_count);
-            Some(LsnMap { state, slots })
+            let first_word = region.add(std::mem::size_of::<MapState>()) as *const AtomicU64;
+            let words = std::slice::from_raw_parts(first_word, Self::word_count(slot_count));
+            Self::over_words(state, words, slot_count)
         }
     }
 
@@ -105,6 +127,15 @@ impl<'a> LsnMap<'a> {
 
     pub fn slots(&self) -> &'a [AtomicU64] {
         self.slots
+    }
+
+    /// The slots and then the cut table: what the map file stores.
+    pub fn words(&self) -> &'a [AtomicU64] {
+        self.words
+    }
+
+    pub fn cut_table(&self) -> CutTable<'a> {
+        self.cuts
     }
 
     /// Marks `key` as written at `lsn`. Lock-free, allocation-free and panic-free:
@@ -180,7 +211,9 @@ impl<'a> LsnMap<'a> {
         let cut_from = if everything {
             None
         } else {
-            self.lowest_cut_since(&hasher, since.0)
+            let cut_since = self.lowest_cut_since(&hasher, since.0);
+            let cut_ever = self.cuts.reported_from(file).map(u64::from);
+            cut_since.into_iter().chain(cut_ever).min()
         };
         FileQuery {
             map: *self,
@@ -209,6 +242,65 @@ impl<'a> LsnMap<'a> {
             let hash = hasher.cut_range_hash(level, u64::from(length) >> level);
             self.raise_slots(hash, lsn);
         }
+    }
+
+    /// WAL mode: [`LsnMap::mark_cut`], and the cut recorded in the cut table so
+    /// that it counts for every later start LSN too ([`crate::cuts`]). The
+    /// table's one writer (the WAL follower) calls this.
+    ///
+    /// When the table is full, the map forgets everything up to the cut and
+    /// empties the table: no backup chain that starts after this cut needs an
+    /// earlier cut, and the chains that started before it need a new full
+    /// backup. The error says so, for the log.
+    pub fn record_cut(&self, file: &RelFileKey, length: u32, lsn: Lsn) -> Result<(), CutTableFull> {
+        self.mark_cut(file, length, lsn);
+        if file.fork.always_reported_in_full() {
+            return Ok(());
+        }
+        self.cuts.record(file, length).inspect_err(|_| {
+            self.forget_before(Lsn(lsn.0.saturating_add(1)));
+            self.cuts.clear();
+        })
+    }
+
+    /// WAL mode, from time to time in the cut table's writer: marks the blocks
+    /// each fork of the table grew by since it was last accounted for, and
+    /// removes the entries of forks that no longer exist.
+    ///
+    /// `blocks_of(file)` is the fork's length in blocks now (`None`: it does
+    /// not exist); `now()` the current WAL position, read after that length:
+    /// a backup that starts after it has every block the length counted, so
+    /// marks with it are exact for every later start LSN. An error leaves the
+    /// entry as it was (its blocks past the accounted length stay reported).
+    pub fn account_growth(
+        &self,
+        mut blocks_of: impl FnMut(&RelFileKey) -> std::io::Result<Option<u32>>,
+        mut now: impl FnMut() -> Lsn,
+    ) -> GrowthAccounting {
+        let mut accounting = GrowthAccounting::default();
+        for entry in self.cuts.entries() {
+            accounting.forks += 1;
+            match blocks_of(&entry.file) {
+                Ok(None) => {
+                    self.cuts.remove(entry.index);
+                    accounting.removed += 1;
+                }
+                Ok(Some(blocks)) => {
+                    if blocks > entry.accounted {
+                        let lsn = now();
+                        for block in entry.accounted..blocks {
+                            self.mark(&entry.file.block(block), lsn);
+                        }
+                        accounting.blocks_marked += u64::from(blocks - entry.accounted);
+                    }
+                    if blocks != entry.accounted {
+                        self.cuts.set_accounted(entry.index, blocks);
+                    }
+                }
+                Err(_) => accounting.unreadable += 1,
+            }
+        }
+        accounting
     }
 
     /// The lowest length a fork was cut to at or after `since`, if any.
@@ -259,10 +351,10 @@ impl<'a> LsnMap<'a> {
         }
     }
 
-    /// Replaces every slot and the init LSN, for loading a map from disk. Only
-    /// for a map no other process is using yet.
-    pub fn load(&self, init_lsn: Lsn, slots: impl IntoIterator<Item = u64>) {
-        for (slot, value) in self.slots.iter().zip(slots) {
+    /// Replaces every word (slots and cut table) and the init LSN, for loading
+    /// a map from disk. Only for a map no other process is using yet.
+    pub fn load(&self, init_lsn: Lsn, words: impl IntoIterator<Item = u64>) {
+        for (slot, value) in self.words.iter().zip(words) {
             slot.store(value, Ordering::Relaxed);
         }
         self.state.init_lsn.store(init_lsn.0, Ordering::Release);
@@ -313,6 +405,15 @@ impl<'a> LsnMap<'a> {
     pub fn set_wal_read_to(&self, lsn: Lsn) {
         self.state.wal_read_to.store(lsn.0, Ordering::Release);
     }
+}
+
+/// What one [`LsnMap::account_growth`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrowthAccounting {
+    pub forks: u64,
+    pub blocks_marked: u64,
+    pub removed: u64,
+    pub unreadable: u64,
 }
 
 /// See [`LsnMap::file_query`].
@@ -404,7 +505,8 @@ fn prefetch(slot: Option<&AtomicU64>) {
 #[derive(Debug)]
 pub struct OwnedLsnMap {
     state: MapState,
-    slots: Box<[AtomicU64]>,
+    slot_count: usize,
+    words: Box<[AtomicU64]>,
 }
 
 impl OwnedLsnMap {
@@ -412,15 +514,16 @@ impl OwnedLsnMap {
         assert!(slot_count > 0, "a map needs at least one slot");
         OwnedLsnMap {
             state: MapState::default(),
-            slots: (0..slot_count).map(|_| AtomicU64::new(0)).collect(),
+            slot_count,
+            words: (0..LsnMap::word_count(slot_count))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
     pub fn view(&self) -> LsnMap<'_> {
-        LsnMap {
-            state: &self.state,
-            slots: &self.slots,
-        }
+        LsnMap::over_words(&self.state, &self.words, self.slot_count)
+            .expect("a map of at least one slot and its words")
     }
 }
 
@@ -490,6 +593,72 @@ mod tests {
         let query = map.file_query(&edge, Lsn(800));
         assert!(query.changed(u32::MAX - 1) && query.changed(u32::MAX));
         assert!(!query.changed(u32::MAX - 2));
+    }
+
+    #[test]
+    fn a_recorded_cut_counts_for_later_start_lsns_until_growth_is_accounted() {
+        // The chain of issue #14: cut to 12 at 300, a backup starts at 400,
+        // the fork grows back to 56 with blocks no record names.
+        let owned = OwnedLsnMap::new(1 << 16);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(100));
+        let file = key(7, 0).file;
+        map.record_cut(&file, 12, Lsn(300)).unwrap();
+        let query = map.file_query(&file, Lsn(400));
+        assert!(!query.changed(11), "below the cut nothing changed");
+        assert!(
+            (12..56).all(|block| query.changed(block)),
+            "blocks past an earlier cut must be reported to a later backup"
+        );
+        // Hook mode's cut marks alone: only for start LSNs before the cut.
+        map.mark_cut(&key(8, 0).file, 12, Lsn(300));
+        assert!(!map.file_query(&key(8, 0).file, Lsn(400)).changed(20));
+
+        // Accounting at WAL position 500 sees 56 blocks and marks 12..56.
+        let mut lengths = std::collections::HashMap::from([(file, 56u32)]);
+        let accounting = map.account_growth(|f| Ok(lengths.get(f).copied()), || Lsn(500));
+        assert_eq!(accounting.blocks_marked, 44);
+        let later = map.file_query(&file, Lsn(600));
+        assert!(
+            (12..56).all(|block| !later.changed(block)),
+            "a backup starting after the accounting has those blocks"
+        );
+        assert!(later.changed(56), "growth not yet accounted is reported");
+        assert!((12..56).all(|block| map.file_query(&file, Lsn(450)).changed(block)));
+
+        // The fork is dropped: its entry goes, and nothing else changes.
+        lengths.clear();
+        let accounting = map.account_growth(|f| Ok(lengths.get(f).copied()), || Lsn(700));
+        assert_eq!(accounting.removed, 1);
+        assert_eq!(map.cut_table().entries().count(), 0);
+        // An unreadable fork keeps its entry as it was.
+        map.record_cut(&file, 3, Lsn(800)).unwrap();
+        map.account_growth(|_| Err(std::io::Error::other("EMFILE")), || Lsn(900));
+        assert_eq!(map.cut_table().reported_from(&file), Some(3));
+    }
+
+    #[test]
+    fn a_full_cut_table_makes_the_map_forget_up_to_the_cut() {
+        let owned = OwnedLsnMap::new(64);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(100));
+        let capacity = map.cut_table().capacity() as u32;
+        for relation in 0..capacity {
+            map.record_cut(&key(relation, 0).file, 5, Lsn(200)).unwrap();
+        }
+        assert!(map.covers(Lsn(150)));
+        assert!(map.record_cut(&key(capacity, 0).file, 5, Lsn(300)).is_err());
+        assert!(
+            !map.covers(Lsn(300)),
+            "a chain from before the cut needs a full backup"
+        );
+        assert!(map.covers(Lsn(301)));
+        assert_eq!(map.cut_table().entries().count(), 0);
+        // Free-space and visibility forks are reported whole anyway.
+        let mut fsm = key(1, 0).file;
+        fsm.fork = Fork::FreeSpace;
+        map.record_cut(&fsm, 0, Lsn(400)).unwrap();
+        assert_eq!(map.cut_table().entries().count(), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | 52 | 4 | zero |
 //! | 56 | 8 | WAL mode: end of the last WAL record marked; hook mode: 0 |
 //! | 64 | 8 × slot count | slots |
+//! | after the slots | 8 × [`CutTable::words_for`]`(slot count)` | the cut table ([`crate::cuts`]) |
 //! | end − 8 | 4 | CRC-32 of every byte before it |
 //! | end − 4 | 4 | zero |
 //!
@@ -28,11 +29,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cuts::CutTable;
 use crate::lsn::Lsn;
 
 pub const MAGIC: [u8; 8] = *b"PTRACKMP";
-/// Version 1: the layout above and the hash of [`crate::block`].
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: the layout above and the hash of [`crate::block`]. Version 1
+/// had no cut table.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 64;
 pub const TRAILER_LEN: usize = 8;
 /// Hook mode's file, in `global/`, named as C ptrack names it: the core patch
@@ -195,9 +198,15 @@ impl MapFileError {
 /// The length of a map file of `slot_count` slots; `u64::MAX`, which no file
 /// has, for counts whose file could not exist (a damaged header's count).
 pub fn file_len(slot_count: u64) -> u64 {
-    slot_count
+    word_count(slot_count)
         .saturating_mul(8)
         .saturating_add((HEADER_LEN + TRAILER_LEN) as u64)
+}
+
+/// Words after the header: the slots and the cut table.
+fn word_count(slot_count: u64) -> u64 {
+    let cut_words = usize::try_from(slot_count).map_or(usize::MAX, CutTable::words_for);
+    slot_count.saturating_add(cut_words as u64)
 }
 
 fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
@@ -222,12 +231,13 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
 }
 
-/// Writes the whole map file to `out`: header, slots in chunks, CRC trailer.
+/// Writes the whole map file to `out`: header, words (slots, then the cut
+/// table: [`crate::LsnMap::words`]) in chunks, CRC trailer.
 ///
 /// Slots are read one by one with relaxed loads while other processes keep
 /// marking: a slot's value is at least what it was when the flush started,
 /// which is all a flush needs to promise (see the extension's flush hook).
-/// `slot_count` in `meta` must equal `slots.len()`.
+/// `words` must hold the words of a map of `meta.slot_count` slots.
 pub fn write_map(out: &mut impl Write, meta: &MapFileMeta, slots: &[AtomicU64]) -> io::Result<()> {
     write_map_with(out, meta, slots, &mut |_| Ok(()))
 }
@@ -240,7 +250,7 @@ pub fn write_map_with(
     slots: &[AtomicU64],
     after_chunk: &mut dyn FnMut(usize) -> io::Result<()>,
 ) -> io::Result<()> {
-    debug_assert_eq!(meta.slot_count, slots.len() as u64);
+    debug_assert_eq!(word_count(meta.slot_count), slots.len() as u64);
     let mut crc = crc32fast::Hasher::new();
     let header = encode_header(meta);
     crc.update(&header);
@@ -347,6 +357,11 @@ impl<B: AsRef<[u8]>> VerifiedMapFile<B> {
 
     /// The slot values, in order.
     pub fn slots(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words().take(self.meta.slot_count as usize)
+    }
+
+    /// The words (slots, then the cut table), in order.
+    pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
         let bytes = self.bytes.as_ref();
         bytes[HEADER_LEN..bytes.len() - TRAILER_LEN]
             .chunks_exact(8)
@@ -463,7 +478,12 @@ pub fn verify<B: AsRef<[u8]>>(
 /// for a damaged file, whose numbers mean nothing, and for another cluster's,
 /// whose LSNs say nothing of this one's.
 pub fn highest_lsn_recorded(bytes: &[u8], system_identifier: u64) -> Option<Lsn> {
-    if bytes.len() < HEADER_LEN + TRAILER_LEN || (bytes.len() - HEADER_LEN - TRAILER_LEN) % 8 != 0 {
+    if bytes.len() < HEADER_LEN + TRAILER_LEN {
+        return None;
+    }
+    // Only the slots hold LSNs; the cut table after them holds names.
+    let slot_count = u64_at(bytes, 24);
+    if file_len(slot_count) != bytes.len() as u64 {
         return None;
     }
     if u64_at(bytes, 16) != system_identifier {
@@ -476,7 +496,8 @@ pub fn highest_lsn_recorded(bytes: &[u8], system_identifier: u64) -> Option<Lsn>
     {
         return None;
     }
-    let slots = bytes[HEADER_LEN..crc_at]
+    let slots_end = HEADER_LEN + slot_count as usize * 8;
+    let slots = bytes[HEADER_LEN..slots_end]
         .chunks_exact(8)
         .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
     let highest = slots
@@ -517,8 +538,15 @@ mod tests {
 
     const SYSID: u64 = 7_300_000_000_000_000_001;
 
+    /// The words of a map with these slot values and an empty cut table.
     fn slots(values: &[u64]) -> Vec<AtomicU64> {
-        values.iter().map(|&v| AtomicU64::new(v)).collect()
+        let cut_words = CutTable::words_for(values.len());
+        values
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, cut_words))
+            .map(AtomicU64::new)
+            .collect()
     }
 
     fn meta(slot_count: u64) -> MapFileMeta {
@@ -620,8 +648,8 @@ mod tests {
         check(resealed(0, b"XTRACKMP"), "magic", |e| {
             matches!(e, MapFileError::BadMagic)
         });
-        check(resealed(8, &2u32.to_le_bytes()), "version", |e| {
-            matches!(e, MapFileError::UnsupportedVersion { found: 2 })
+        check(resealed(8, &3u32.to_le_bytes()), "version", |e| {
+            matches!(e, MapFileError::UnsupportedVersion { found: 3 })
         });
         check(resealed(12, &72u32.to_le_bytes()), "header length", |e| {
             matches!(e, MapFileError::BadHeaderLength { .. })
@@ -714,6 +742,50 @@ mod tests {
     }
 
     #[test]
+    fn the_cut_table_travels_with_the_slots_and_raises_no_floor() {
+        use crate::block::{Fork, RelFileKey};
+        let map = crate::OwnedLsnMap::new(4);
+        let map = map.view();
+        map.mark(
+            &RelFileKey {
+                tablespace: 1663,
+                database: 5,
+                relfilenode: 9,
+                fork: Fork::Main,
+            }
+            .block(3),
+            Lsn(0x300),
+        );
+        let cut = RelFileKey {
+            tablespace: u32::MAX,
+            database: u32::MAX,
+            relfilenode: u32::MAX,
+            fork: Fork::Main,
+        };
+        map.record_cut(&cut, 12, Lsn(0x400)).unwrap();
+        let mut bytes = Vec::new();
+        write_map(&mut bytes, &meta(4), map.words()).unwrap();
+        assert_eq!(bytes.len() as u64, file_len(4));
+        let verified = verify(&bytes, &expect(4)).unwrap();
+        let loaded = crate::OwnedLsnMap::new(4);
+        loaded.view().load(Lsn(0x100), verified.words());
+        assert_eq!(loaded.view().cut_table().reported_from(&cut), Some(12));
+        // The table's words hold names (here all-ones ones), not LSNs.
+        assert_eq!(highest_lsn_recorded(&bytes, SYSID), Some(Lsn(0x5000)));
+    }
+
+    #[test]
+    fn a_version_1_file_is_refused_by_its_version() {
+        let mut bytes = image(&[1, 2, 3]);
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(matches!(
+            verify(&bytes, &expect(3)),
+            Err(MapFileError::UnsupportedVersion { found: 1 })
+        ));
+    }
+
+    #[test]
     fn an_absurd_slot_count_in_the_header_is_a_wrong_length_not_a_panic() {
         // Found by fuzz/fuzz_targets/map_file.rs: the length check named the
         // likelier cause with `file_len` of the header's slot count, which
@@ -764,7 +836,7 @@ mod tests {
         assert_eq!(
             resized.ptrack24_text(path).as_deref(),
             Some(
-                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 80 != 88, deleting"
+                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 1616 != 1624, deleting"
             )
         );
         assert_eq!(MapFileError::RestoredOrRewound.ptrack24_text(path), None);

@@ -9,7 +9,8 @@ use crate::block::RelFileKey;
 use crate::lsn::Lsn;
 use crate::map::LsnMap;
 use crate::relfile::{
-    parse_database_dir, parse_oid, parse_relation_file_name, DatabaseDir, RelFileName,
+    parse_database_dir, parse_oid, parse_relation_file_name, segment_file_name, DatabaseDir,
+    RelFileName,
 };
 use crate::relfile::{DEFAULT_TABLESPACE_OID, GLOBAL_TABLESPACE_OID};
 
@@ -171,9 +172,19 @@ pub fn segment_pagemap(
     })
 }
 
+/// What [`mark_copied_directory`] marked.
+#[derive(Debug, Default)]
+pub struct CopiedDirectory {
+    pub blocks: u64,
+    /// Every relation fork of the directory: each counts as created (cut at
+    /// block 0) for WAL mode's cut table, as PostgreSQL's summarizer counts a
+    /// copied database.
+    pub forks: Vec<RelFileKey>,
+}
+
 /// Marks every block of every relation file in a database directory that was
 /// just copied whole (`CREATE DATABASE … STRATEGY file_copy`, `ALTER DATABASE
-/// … SET TABLESPACE`, and their redo). Returns the number of blocks marked.
+/// … SET TABLESPACE`, and their redo).
 ///
 /// An error means some blocks may be unmarked: the caller must then make the
 /// map forget everything before `lsn`.
@@ -183,7 +194,7 @@ pub fn mark_copied_directory(
     relative_dir: &str,
     layout: &Layout,
     lsn: Lsn,
-) -> io::Result<u64> {
+) -> io::Result<CopiedDirectory> {
     let dir =
         parse_database_dir(relative_dir, &layout.tablespace_version_dir).ok_or_else(|| {
             io::Error::new(
@@ -191,8 +202,11 @@ pub fn mark_copied_directory(
                 format!("not a database directory: {relative_dir}"),
             )
         })?;
-    let mut marked = 0u64;
+    let mut copied = CopiedDirectory::default();
     for file in segment_files_in(pgdata, &dir, layout)? {
+        if file.segment == 0 {
+            copied.forks.push(file.key);
+        }
         let first = u64::from(file.segment) * u64::from(layout.segment_blocks);
         for block in first..first + u64::from(file.blocks) {
             let block = u32::try_from(block).map_err(|_| {
@@ -202,10 +216,44 @@ pub fn mark_copied_directory(
                 )
             })?;
             map.mark(&file.key.block(block), lsn);
-            marked += 1;
+            copied.blocks += 1;
         }
     }
-    Ok(marked)
+    Ok(copied)
+}
+
+/// The length in blocks of relation fork `file` now, over all its segments;
+/// `None` when its first segment does not exist (the fork is gone).
+pub fn fork_blocks(pgdata: &Path, file: &RelFileKey, layout: &Layout) -> io::Result<Option<u32>> {
+    let dir = DatabaseDir {
+        tablespace: file.tablespace,
+        database: file.database,
+    };
+    let dir = pgdata.join(dir.relative_path(&layout.tablespace_version_dir));
+    let segment_bytes = u64::from(layout.segment_blocks) * u64::from(layout.block_size);
+    let mut blocks = 0u64;
+    for segment in 0u32.. {
+        let name = segment_file_name(&RelFileName {
+            relfilenode: file.relfilenode,
+            fork: file.fork,
+            segment,
+        });
+        let len = match fs::metadata(dir.join(name)) {
+            Ok(metadata) => metadata.len(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound && segment == 0 => {
+                return Ok(None)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => break,
+            Err(error) => return Err(error),
+        };
+        blocks += len.div_ceil(u64::from(layout.block_size));
+        // A segment short of full is the last; md.c keeps the later ones
+        // only as empty files after a truncation, which add nothing.
+        if len < segment_bytes {
+            break;
+        }
+    }
+    Ok(Some(u32::try_from(blocks).unwrap_or(u32::MAX)))
 }
 
 /// Convenience for tests and tools: the name of a segment file's relation.
@@ -353,9 +401,24 @@ mod tests {
             Lsn(77),
         )
         .unwrap();
-        assert_eq!(marked, 2);
+        assert_eq!(marked.blocks, 2);
         let marked = mark_copied_directory(&map, &dir.0, "base/5", &layout(), Lsn(77)).unwrap();
-        assert_eq!(marked, 4 + 2 + 3 + 1);
+        assert_eq!(marked.blocks, 4 + 2 + 3 + 1);
+        let fork = |relfilenode, fork| RelFileKey {
+            tablespace: 1663,
+            database: 5,
+            relfilenode,
+            fork,
+        };
+        assert_eq!(
+            marked.forks,
+            [
+                fork(16384, Fork::Main),
+                fork(16384, Fork::FreeSpace),
+                fork(16384, Fork::Visibility)
+            ],
+            "each fork once, whatever its segments"
+        );
         for file in segment_files(&dir.0, &layout()).unwrap() {
             let expected = file.path.starts_with("base/5") || file.path.starts_with("pg_tblspc");
             let reported =
@@ -376,8 +439,31 @@ mod tests {
         let dir = data_dir("missing");
         let owned = OwnedLsnMap::new(8);
         assert_eq!(
-            mark_copied_directory(&owned.view(), &dir.0, "base/999", &layout(), Lsn(5)).unwrap(),
+            mark_copied_directory(&owned.view(), &dir.0, "base/999", &layout(), Lsn(5))
+                .unwrap()
+                .blocks,
             0
         );
+    }
+
+    #[test]
+    fn a_fork_length_counts_every_segment() {
+        let dir = data_dir("length");
+        let fork = |tablespace, relfilenode, fork| RelFileKey {
+            tablespace,
+            database: 5,
+            relfilenode,
+            fork,
+        };
+        let blocks = |file: RelFileKey| fork_blocks(&dir.0, &file, &layout()).unwrap();
+        assert_eq!(blocks(fork(1663, 16384, Fork::Main)), Some(4 + 2));
+        assert_eq!(blocks(fork(1663, 16384, Fork::FreeSpace)), Some(3));
+        assert_eq!(blocks(fork(16400, 16500, Fork::Main)), Some(2));
+        assert_eq!(blocks(fork(1663, 16384, Fork::Init)), None, "no such fork");
+        assert_eq!(blocks(fork(1663, 99, Fork::Main)), None);
+        // A truncated relation's later segments stay as empty files.
+        fs::write(dir.0.join("base/5/16384"), vec![0u8; 8192]).unwrap();
+        fs::write(dir.0.join("base/5/16384.1"), []).unwrap();
+        assert_eq!(blocks(fork(1663, 16384, Fork::Main)), Some(1));
     }
 }

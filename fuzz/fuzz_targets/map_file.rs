@@ -19,6 +19,7 @@ use ptrack_core::mapfile::{
     file_len, highest_lsn_recorded, verify, write_map, Expectation, MapFileMeta, TrackingMode,
     HEADER_LEN, TRAILER_LEN,
 };
+use ptrack_core::cuts::CutTable;
 use ptrack_core::Lsn;
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         7_300_000_000_000_000_001
     };
     let slot_count = if flags & 4 != 0 {
-        (file.len().saturating_sub(HEADER_LEN + TRAILER_LEN) / 8) as u64
+        u64_at(&file, 24)
     } else {
         u64_at(&file, 24) & 0xFFFF_FFFF
     };
@@ -100,15 +101,23 @@ fuzz_target!(|data: &[u8]| {
             data_checksum_version: u32::from_le_bytes(file[48..52].try_into().unwrap()),
             wal_tracked_through: Lsn(u64_at(&file, 56)),
         };
-        let slots: Vec<AtomicU64> = file[HEADER_LEN..]
+        // The file's words as slots, then an empty cut table.
+        let slot_values: Vec<u64> = file[HEADER_LEN..]
             .chunks_exact(8)
-            .map(|s| AtomicU64::new(u64::from_le_bytes(s.try_into().unwrap())))
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
             .collect();
-        if slots.is_empty() {
+        if slot_values.is_empty() {
             return;
         }
+        let cut_words = CutTable::words_for(slot_values.len());
+        let slots: Vec<AtomicU64> = slot_values
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, cut_words))
+            .map(AtomicU64::new)
+            .collect();
         let meta = MapFileMeta {
-            slot_count: slots.len() as u64,
+            slot_count: slot_values.len() as u64,
             ..meta
         };
         let mut written = Vec::new();
@@ -123,9 +132,8 @@ fuzz_target!(|data: &[u8]| {
         };
         let verified = verify(&written, &expect).expect("the writer's own file");
         assert_eq!(*verified.meta(), meta);
-        assert!(verified.slots().eq(slots
-            .iter()
-            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))));
+        assert!(verified.slots().eq(slot_values.iter().copied()));
+        assert!(verified.words().skip(slot_values.len()).all(|word| word == 0));
         assert!(highest_lsn_recorded(&written, meta.system_identifier).is_some());
     }
 });
