@@ -139,9 +139,6 @@ impl<'a> CutTable<'a> {
     /// The block from which on `file` counts as changed whatever the start
     /// LSN, if it was cut or created since the map began.
     pub fn reported_from(&self, file: &RelFileKey) -> Option<u32> {
-        if self.capacity() == 0 {
-            return None;
-        }
         let index = self.find(file)?;
         Some(self.entry(index)[2].load(Ordering::Acquire) as u32)
     }
