@@ -135,7 +135,30 @@ BUILD_HASH=$({ cat "$PATCH_FILE"; printf '%s\n' "${CONFIGURE_FLAGS[@]}"; } |
 PREFIX=$CACHE_DIR/pg-$PG_VERSION-$FLAVOR-$BUILD_HASH
 STAMP=$PREFIX/.ptrack-build-complete
 
+# contrib/amcheck, which the chain tests' pg_amcheck needs: built with PGXS
+# against the finished install, from the tarball its stamp names, on every
+# run that finds it missing, so installs cached before this step gain it
+# without a rebuild of the server (and it stays out of the cache key).
+ensure_amcheck() {
+	local pkglibdir orig dir
+	pkglibdir=$("$PREFIX/bin/pg_config" --pkglibdir)
+	[ -f "$pkglibdir/amcheck.so" ] && return 0
+	orig=${PTRACK_PG_SOURCE:-$CACHE_DIR/src/$(sed -n 's/^source=//p' "$STAMP")}
+	[ -f "$orig" ] || die "amcheck is missing from $PREFIX and its source tarball $orig is gone"
+	log "building contrib/amcheck (PGXS) into $PREFIX"
+	mkdir -p "$CACHE_DIR/build"
+	dir=$(mktemp -d "$CACHE_DIR/build/amcheck-$PG_VERSION.XXXXXX")
+	tar -xf "$orig" -C "$dir" "postgresql-$PG_VERSION/contrib/amcheck"
+	if ! make -C "$dir/postgresql-$PG_VERSION/contrib/amcheck" USE_PGXS=1 \
+		PG_CONFIG="$PREFIX/bin/pg_config" -j"${PTRACK_PG_JOBS:-2}" install >"$dir/build.log" 2>&1; then
+		tail -n 30 "$dir/build.log"
+		die "building amcheck failed; full log: $dir/build.log"
+	fi
+	rm -rf "$dir"
+}
+
 finish() {
+	ensure_amcheck
 	log "PostgreSQL $PG_VERSION ($FLAVOR) is installed in $PREFIX"
 	printf '%s\n' "$PREFIX" >&3
 	exit 0
@@ -341,7 +364,7 @@ log "configure --prefix=$PREFIX ${CONFIGURE_FLAGS[*]}"
 
 # Only what the server, the client tools and extension builds need.  This
 # skips ecpg (whose preproc.y generation can race in a parallel make of a
-# fresh tree), contrib, docs and the test suites.  src/Makefile itself is
+# fresh tree), contrib (but amcheck: ensure_amcheck), docs and the test suites.  src/Makefile itself is
 # .NOTPARALLEL, so the directories are built one after another, each with -j.
 SUBDIRS=(
 	src/common

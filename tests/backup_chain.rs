@@ -1,15 +1,18 @@
-//! `ptrack-backup` end to end: a FULL and two incrementals of a cluster under
-//! a workload that updates, truncates (DELETE + VACUUM) and regrows (COPY),
-//! creates and drops tables; then the chain restored — by stock
-//! `pg_combinebackup` on 17+, after `pg_verifybackup` accepted every backup,
-//! by `ptrack-backup restore` on 15 — must have the source's relation files
-//! block for block and, once started, the same table contents.
+//! `ptrack-backup` end to end: a FULL and three incrementals of a cluster
+//! under workloads between them (pgbench; DELETE + VACUUM truncation, then
+//! regrowth by COPY in the next interval; DDL; CREATE DATABASE with both
+//! strategies; ALTER TABLE and ALTER DATABASE SET TABLESPACE; VACUUM FULL; an
+//! immediate stop and crash recovery). Every point of the chain is restored —
+//! by stock `pg_combinebackup` on 17+, after `pg_verifybackup` accepted every
+//! backup, by `ptrack-backup restore` on 15 — and must have the quiesced
+//! source's relation files block for block; started, the same table contents
+//! in every database, a clean `pg_amcheck` and, stopped, `pg_checksums --check`.
 
 mod common;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::backup::{self as tools, server_major};
 use common::{Cluster, StopMode};
@@ -32,12 +35,25 @@ fn setup(c: &Cluster) {
          INSERT INTO shrink SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g;
          CREATE TABLE doomed AS SELECT g AS id FROM generate_series(1, 10000) g;
          CREATE TABLE emptied AS SELECT g AS id FROM generate_series(1, 5000) g;
-         CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 1000) g;",
+         CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 1000) g;
+         CREATE TABLESPACE spc LOCATION '';
+         CREATE DATABASE tmpl;",
     );
+    c.psql_db(
+        "tmpl",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+    );
+    c.pgbench("postgres", &["-i", "-q", "-s", "1"]);
     // Hint bits and visibility map set and on disk before the FULL: the
-    // incrementals then carry what the workload changes, not that.
+    // incrementals then carry what the workloads change, not that.
     c.psql("VACUUM;");
+    c.psql_db("tmpl", "VACUUM;");
     c.psql("CHECKPOINT;");
+}
+
+fn pgbench(c: &Cluster) {
+    c.pgbench("postgres", &["-n", "-c", "2", "-t", "300"]);
 }
 
 fn shrink_blocks(c: &Cluster) -> u64 {
@@ -46,135 +62,201 @@ fn shrink_blocks(c: &Cluster) -> u64 {
         .expect("a number")
 }
 
+/// Truncation (the regrowth comes in the next interval), DDL, new databases.
 fn workload1(c: &Cluster) {
+    pgbench(c);
     let before = shrink_blocks(c);
     c.psql(
         "UPDATE keep SET v = 'one' WHERE id % 5000 = 0;
-         DELETE FROM shrink WHERE id > 30000;
+         DELETE FROM shrink WHERE id > 1000;
          VACUUM shrink;",
     );
     let truncated = shrink_blocks(c);
     assert!(
-        truncated * 5 < before * 4,
+        truncated * 10 < before,
         "VACUUM did not truncate shrink: {before} -> {truncated} blocks"
     );
-    c.psql(&copy_rows("shrink", 100_000..103_000, "regrown-"));
     c.psql(
         "CREATE TABLE fresh AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
          CREATE INDEX ON fresh (v);
          DROP TABLE doomed;
-         VACUUM shrink;",
+         CREATE DATABASE db_wal TEMPLATE tmpl STRATEGY wal_log;
+         CREATE DATABASE db_copy TEMPLATE tmpl STRATEGY file_copy;",
     );
 }
 
+/// The truncated table grown back by COPY (bulk extension leaves zero
+/// blocks no WAL record names), a table moved to another tablespace,
+/// VACUUM FULL, changes in the copied databases.
 fn workload2(c: &Cluster) {
+    for round in 0..3 {
+        let first = 100_000 + round * 5_000;
+        c.psql(&copy_rows("shrink", first..first + 5_000, "regrown-"));
+    }
+    pgbench(c);
     c.psql(
-        "UPDATE keep SET v = 'two' WHERE id % 7777 = 0;
-         DELETE FROM shrink WHERE id > 20000;
-         VACUUM shrink;",
+        "ALTER TABLE keep SET TABLESPACE spc;
+         UPDATE keep SET v = 'two' WHERE id % 7777 = 0;
+         VACUUM FULL fresh;
+         TRUNCATE emptied;
+         INSERT INTO emptied SELECT g FROM generate_series(1, 300) g;
+         CREATE TABLE late AS SELECT g AS id FROM generate_series(1, 3000) g;",
     );
-    c.psql(&copy_rows("shrink", 200_000..220_000, "again-"));
+    for db in ["db_wal", "db_copy"] {
+        c.psql_db(
+            db,
+            "UPDATE t SET v = 'changed' WHERE id % 100 = 0;
+             INSERT INTO t SELECT g, 'new' FROM generate_series(20001, 25000) g;",
+        );
+    }
+}
+
+/// A database moved to another tablespace and copied from there, more
+/// changes, then an immediate stop and crash recovery.
+fn workload3(c: &mut Cluster) {
+    c.psql(
+        "ALTER DATABASE db_copy SET TABLESPACE spc;
+         CREATE DATABASE db_copy2 TEMPLATE db_copy STRATEGY file_copy;",
+    );
+    c.psql_db("db_copy", "DELETE FROM t WHERE id % 3 = 0; VACUUM t;");
+    pgbench(c);
     c.psql(
         "DELETE FROM fresh WHERE id % 2 = 0;
          VACUUM fresh;
-         TRUNCATE emptied;
-         INSERT INTO emptied SELECT g FROM generate_series(1, 300) g;
-         CREATE TABLE late AS SELECT g AS id FROM generate_series(1, 3000) g;
+         ALTER TABLE keep SET TABLESPACE pg_default;
          INSERT INTO scratch SELECT generate_series(1, 100);",
     );
+    c.psql(&copy_rows("shrink", 200_000..205_000, "again-"));
+    c.stop(StopMode::Immediate);
+    c.start();
 }
 
-/// The restored cluster: a fresh cluster's directories and settings with the
-/// restored data directory in place of its own.
-fn restored_cluster(fill: impl FnOnce(&Path)) -> Cluster {
-    let mut r = Cluster::new("restored");
+/// A fresh cluster's directories and settings with `fill` writing its data
+/// directory; not started.
+fn restored_cluster(name: &str, fill: impl FnOnce(&Path)) -> Cluster {
+    let mut r = Cluster::new(name);
     fs::remove_dir_all(&r.pgdata).expect("remove the fresh data directory");
     fill(&r.pgdata);
     tools::chown_tree(&r.pgdata);
     // The restored postgresql.conf includes the test settings file, which is
     // the source's: write this cluster's (its port and socket directory).
     r.set_conf("autovacuum", "off");
+    r.set_conf("allow_in_place_tablespaces", "on");
     r
 }
 
+/// Restores `chain` (FULL first), compares it with the stopped source `c`
+/// block for block over `relation_files`, then starts it and checks its
+/// contents against `digests`, amcheck and data checksums.
+fn check_restore(
+    c: &Cluster,
+    chain: &[PathBuf],
+    relation_files: &[String],
+    digests: &tools::ClusterDigests,
+) {
+    let point = chain.len() - 1;
+    let major = server_major();
+    let chain: Vec<&Path> = chain.iter().map(PathBuf::as_path).collect();
+    let mut r = restored_cluster(&format!("restored{point}"), |pgdata| {
+        if major >= 17 {
+            tools::verifybackup(chain[point]);
+            tools::combinebackup(pgdata, &chain);
+            tools::verifybackup(pgdata);
+        } else {
+            tools::restore(pgdata, &chain);
+        }
+    });
+    // Before any replay: the reconstructed relation files are the source's.
+    let mut compared = 0;
+    for file in relation_files {
+        if let Some(difference) =
+            tools::first_difference(&c.pgdata.join(file), &r.pgdata.join(file))
+        {
+            panic!("point {point}: relation file {file}: {difference}");
+        }
+        compared += 1;
+    }
+    assert!(
+        compared >= 20,
+        "point {point}: only {compared} relation files compared"
+    );
+    r.start();
+    let mut restored = tools::cluster_digests(&r);
+    // An unlogged table comes back empty.
+    let scratch = restored
+        .get_mut("postgres")
+        .and_then(|tables| tables.remove("scratch"));
+    assert_eq!(scratch.as_deref(), Some("0 -"), "point {point}: scratch");
+    assert_eq!(&restored, digests, "point {point}: table contents");
+    tools::amcheck(&r);
+    r.stop(StopMode::Fast);
+    let checksums = r.tool(
+        "pg_checksums",
+        &["--check", "-D", &r.pgdata.display().to_string()],
+    );
+    eprintln!(
+        "point {point}: {compared} relation files equal; {}",
+        checksums.trim().replace('\n', "; ")
+    );
+}
+
 #[test]
-fn full_and_two_incrementals_restore_exactly() {
+fn full_and_three_incrementals_restore_at_every_point() {
     let major = server_major();
     let mut c = Cluster::new("backup_chain");
-    // Quiet between the steps, so the source's files at the last backup are
-    // what the chain must give back.
+    // Quiet between the steps, so the source's files at each backup are what
+    // the chain up to it must give back.
     c.set_conf("autovacuum", "off");
+    c.set_conf("allow_in_place_tablespaces", "on");
     if major >= 17 {
         c.set_conf("summarize_wal", "off");
     }
     c.start();
     setup(&c);
-    let full = c.base.join("full");
-    let inc1 = c.base.join("inc1");
-    let inc2 = c.base.join("inc2");
-    eprintln!("{}", tools::take_backup(&c, &full, None));
-    workload1(&c);
-    eprintln!("{}", tools::take_backup(&c, &inc1, Some(&full)));
-    workload2(&c);
-    c.psql("CHECKPOINT;");
-    let mut digests = tools::table_digests(&c, "postgres");
-    // An unlogged table comes back empty.
-    assert!(digests.remove("scratch").is_some());
-    eprintln!("{}", tools::take_backup(&c, &inc2, Some(&inc1)));
-    assert!(
-        fs::read_to_string(inc2.join("backup_label"))
-            .expect("backup_label")
-            .contains("INCREMENTAL FROM LSN: "),
-        "INC2 is not an incremental backup"
-    );
-    // Sparse updates: INC2 holds the table as an incremental file.
-    let keep = c.query_one("SELECT pg_relation_filepath('keep')");
-    let (dir, node) = keep.rsplit_once('/').expect("a relation path");
-    assert!(
-        inc2.join(dir).join(format!("INCREMENTAL.{node}")).is_file(),
-        "INC2 has no incremental file for {keep}"
-    );
-    let relation_files = tools::user_relation_files(&c, "postgres", &c.pgdata);
-    c.stop(StopMode::Fast);
-    let snapshot = c.base.join("snapshot");
-    c.snapshot(&snapshot);
-
-    let r = restored_cluster(|pgdata| {
-        if major >= 17 {
-            for dir in [&full, &inc1, &inc2] {
-                tools::verifybackup(dir);
-            }
-            tools::combinebackup(pgdata, &[&full, &inc1, &inc2]);
-            tools::verifybackup(pgdata);
-        } else {
-            tools::restore(pgdata, &[&full, &inc1, &inc2]);
+    let mut chain: Vec<PathBuf> = Vec::new();
+    for point in 0..4 {
+        match point {
+            0 => {}
+            1 => workload1(&c),
+            2 => workload2(&c),
+            _ => workload3(&mut c),
         }
-    });
-    // Before any replay: the reconstructed relation files are the source's.
-    let mut compared = 0;
-    for file in &relation_files {
-        if file.contains("_init") {
-            continue;
+        c.psql("CHECKPOINT;");
+        let mut digests = tools::cluster_digests(&c);
+        digests
+            .get_mut("postgres")
+            .and_then(|tables| tables.remove("scratch"))
+            .expect("the unlogged table");
+        let dir = c.base.join(format!("backup{point}"));
+        eprintln!(
+            "{}",
+            tools::take_backup(&c, &dir, chain.last().map(PathBuf::as_path))
+        );
+        if point > 0 {
+            assert!(
+                fs::read_to_string(dir.join("backup_label"))
+                    .expect("backup_label")
+                    .contains("INCREMENTAL FROM LSN: "),
+                "backup {point} is not an incremental backup"
+            );
         }
-        let restored = r.pgdata.join(file);
-        let source = snapshot.join(file);
-        if !source.exists() {
-            continue;
-        }
-        if let Some(difference) = tools::first_difference(&source, &restored) {
-            panic!("relation file {file}: {difference}");
-        }
-        compared += 1;
+        chain.push(dir);
+        let relation_files = tools::cluster_relation_files(&c);
+        c.stop(StopMode::Fast);
+        check_restore(&c, &chain, &relation_files, &digests);
+        c.start();
     }
-    assert!(compared >= 10, "only {compared} relation files compared");
-    // A dropped table's files are gone, an unlogged table's data forks were
-    // never copied.
-    let mut r = r;
-    r.start();
-    let mut restored = tools::table_digests(&r, "postgres");
-    assert_eq!(restored.remove("scratch").as_deref(), Some("0 -"));
-    assert_eq!(restored, digests);
-    r.stop(StopMode::Fast);
+    // Sparse updates: the last incremental holds a table as an incremental file.
+    let accounts = c.query_one("SELECT pg_relation_filepath('pgbench_accounts')");
+    let (dir, node) = accounts.rsplit_once('/').expect("a relation path");
+    assert!(
+        chain[3]
+            .join(dir)
+            .join(format!("INCREMENTAL.{node}"))
+            .is_file(),
+        "the last incremental has no incremental file for {accounts}"
+    );
+    c.stop(StopMode::Fast);
 }
 
 #[test]

@@ -173,6 +173,58 @@ pub fn table_digests(cluster: &Cluster, db: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// [`table_digests`] of every database but the templates.
+pub type ClusterDigests = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The databases a client can connect to, but template0 and template1.
+pub fn user_databases(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .query_rows(
+            "SELECT datname FROM pg_database WHERE datallowconn \
+             AND datname NOT IN ('template0', 'template1') ORDER BY 1",
+        )
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect()
+}
+
+pub fn cluster_digests(cluster: &Cluster) -> ClusterDigests {
+    user_databases(cluster)
+        .into_iter()
+        .map(|db| {
+            let digests = table_digests(cluster, &db);
+            (db, digests)
+        })
+        .collect()
+}
+
+/// [`user_relation_files`] of every database but the templates.
+pub fn cluster_relation_files(cluster: &Cluster) -> Vec<String> {
+    user_databases(cluster)
+        .iter()
+        .flat_map(|db| user_relation_files(cluster, db, &cluster.pgdata))
+        .collect()
+}
+
+/// `pg_amcheck` of every database (amcheck installed where missing), heap
+/// and B-tree indexes with `--heapallindexed`; panics on any corruption.
+pub fn amcheck(cluster: &Cluster) -> String {
+    cluster.tool(
+        "pg_amcheck",
+        &[
+            "-h",
+            &cluster.sockdir.display().to_string(),
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "--all",
+            "--install-missing",
+            "--heapallindexed",
+        ],
+    )
+}
+
 /// The files of `db`'s permanent public relations (tables, indexes, TOAST),
 /// relative to PGDATA, every fork and segment present under `pgdata`.
 pub fn user_relation_files(cluster: &Cluster, db: &str, pgdata: &Path) -> Vec<String> {
