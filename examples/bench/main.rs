@@ -60,10 +60,11 @@ use std::fs;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use common::util::{panic_message, today, unix_now};
 use criterion::CriterionResult;
 use json::{obj, Json};
 use machine::{load_average, machine};
-use options::{parse_opts, today, unix_now, Opts, Params};
+use options::{parse_opts, Opts, Params};
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -119,13 +120,6 @@ struct Context {
     criterion: Vec<CriterionResult>,
     /// True when `criterion` holds this run's results.
     criterion_fresh: bool,
-}
-
-fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
 }
 
 fn main() {

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::util::{option_value, today};
 use crate::json::{obj, Json};
 use crate::SECTIONS;
 
@@ -131,20 +130,6 @@ impl Params {
     }
 }
 
-pub fn today() -> String {
-    Command::new("date")
-        .arg("+%Y%m%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "00000000".into())
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub fn parse_opts() -> Opts {
     let quick = matches!(
         std::env::var("BENCH_QUICK").as_deref(),
@@ -175,10 +160,7 @@ pub fn parse_opts() -> Opts {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
-        };
+        let mut value = |name: &str| option_value(&mut args, name);
         match a.as_str() {
             "--out-dir" => opts.out_dir = PathBuf::from(value("--out-dir")),
             "--stem" => opts.stem = value("--stem"),

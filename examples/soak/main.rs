@@ -42,6 +42,7 @@ use std::fs;
 use std::time::Instant;
 
 use common::faults::{take_snapshot_a, Rng, SnapshotA};
+use common::util::{panic_message, unix_now};
 use common::Cluster;
 use iteration::Soak;
 use options::parse_args;
@@ -52,9 +53,7 @@ fn main() {
     let t0 = Instant::now();
     let mut stats = Stats {
         seed: args.seed,
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started_unix: unix_now(),
         pg_version: common::pg_install().version.clone(),
         iterations_planned: args.iterations,
         status: "running".into(),
@@ -90,11 +89,7 @@ fn main() {
         let (it, check) = match outcome {
             Ok(r) => r,
             Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
+                let msg = panic_message(e.as_ref());
                 stats.status = "error".into();
                 stats.failure = Some(format!("iteration {n}: {msg}"));
                 failed = true;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::common::faults;
+use crate::common::util::{option_value, today};
 
 pub struct Args {
     pub iterations: u64,
@@ -16,10 +17,7 @@ pub fn parse_args() -> Args {
     let mut out = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| panic!("{name} needs a value"))
-        };
+        let mut value = |name: &str| option_value(&mut args, name);
         match a.as_str() {
             "--iterations" => iterations = value("--iterations").parse().expect("iterations"),
             "--seed" => seed = Some(value("--seed").parse().expect("seed")),
@@ -28,14 +26,8 @@ pub fn parse_args() -> Args {
             other => panic!("unknown argument {other:?} (--iterations N, --seed S, --out PATH)"),
         }
     }
-    let out = out.unwrap_or_else(|| {
-        let date = std::process::Command::new("date")
-            .arg("+%Y%m%d")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|_| "00000000".into());
-        PathBuf::from(format!("benches/results/soak-{date}.json"))
-    });
+    let out =
+        out.unwrap_or_else(|| PathBuf::from(format!("benches/results/soak-{}.json", today())));
     Args {
         iterations,
         seed: seed.unwrap_or_else(|| faults::seed_from_env("PTRACK_SOAK_SEED")),
