@@ -67,6 +67,19 @@ struct CallgrindRun {
     map_file_written: bool,
 }
 
+impl CallgrindRun {
+    /// The run's raw numbers, as the JSON's `runs` lists them.
+    fn to_json(&self) -> Json {
+        obj([
+            ("config", self.config.into()),
+            ("transactions", self.transactions.into()),
+            ("instructions", self.instructions.into()),
+            ("seconds", self.seconds.into()),
+            ("map_file_written", self.map_file_written.into()),
+        ])
+    }
+}
+
 pub fn section_callgrind(_: &Opts, p: &Params, _: &mut Context) -> (Json, String) {
     let valgrind = command_line("valgrind", &["--version"])
         .expect("valgrind is not installed (apt-get install -y valgrind)");
@@ -264,18 +277,7 @@ pub fn section_callgrind(_: &Opts, p: &Params, _: &mut Context) -> (Json, String
             "**Warning**: a run with ptrack did not rewrite global/ptrack.map.\n"
         );
     }
-    let raw: Vec<Json> = runs
-        .iter()
-        .map(|r| {
-            obj([
-                ("config", r.config.into()),
-                ("transactions", r.transactions.into()),
-                ("instructions", r.instructions.into()),
-                ("seconds", r.seconds.into()),
-                ("map_file_written", r.map_file_written.into()),
-            ])
-        })
-        .collect();
+    let raw: Vec<Json> = runs.iter().map(CallgrindRun::to_json).collect();
     let j = obj([
         (
             "setup",

@@ -8,7 +8,7 @@ use crate::common::{Cluster, StopMode, BLCKSZ};
 use crate::json::{obj, Json};
 use crate::machine::load_average;
 use crate::options::{Opts, Params};
-use crate::report::{max, median, min, pct, summary, yes_no};
+use crate::report::{max, median, min, series, summary, vs_off, yes_no};
 use crate::server::{switch_to, HOOKS_1GB, HOOKS_64MB, OFF};
 use crate::{log, Context, MB};
 
@@ -40,6 +40,21 @@ struct CheckpointRound {
     write_s: f64,
     sync_s: f64,
     total_s: f64,
+}
+
+impl CheckpointRound {
+    /// The round's raw numbers, as the JSON's `rounds` lists them.
+    fn to_json(&self) -> Json {
+        obj([
+            ("round", self.round.into()),
+            ("config", self.config.into()),
+            ("wall_s", self.wall_s.into()),
+            ("buffers_written", self.buffers.into()),
+            ("write_s", self.write_s.into()),
+            ("sync_s", self.sync_s.into()),
+            ("total_s", self.total_s.into()),
+        ])
+    }
 }
 
 pub fn section_checkpoint(_: &Opts, p: &Params, _: &mut Context) -> (Json, String) {
@@ -134,9 +149,6 @@ pub fn section_checkpoint(_: &Opts, p: &Params, _: &mut Context) -> (Json, Strin
     let of = |cfg: &str| -> Vec<&CheckpointRound> {
         rounds.iter().filter(|r| r.config == cfg).collect()
     };
-    let series = |rs: &[&CheckpointRound], f: fn(&CheckpointRound) -> f64| -> Vec<f64> {
-        rs.iter().map(|r| f(r)).collect()
-    };
     let off = of(OFF.name);
     let off_total = median(&series(&off, |r| r.total_s));
     let mut items = Vec::new();
@@ -168,11 +180,7 @@ pub fn section_checkpoint(_: &Opts, p: &Params, _: &mut Context) -> (Json, Strin
             max(&wall),
             median(&total),
             median(&sync),
-            if cfg.name == OFF.name {
-                "baseline".into()
-            } else {
-                pct(ratio - 1.0)
-            },
+            vs_off(cfg.name == OFF.name, ratio),
             if cfg.name == OFF.name {
                 ""
             } else {
@@ -227,20 +235,7 @@ pub fn section_checkpoint(_: &Opts, p: &Params, _: &mut Context) -> (Json, Strin
          share falls as checkpoints grow. \"map flush\" is the difference of the median \
          server-side totals.\n"
     );
-    let raw: Vec<Json> = rounds
-        .iter()
-        .map(|r| {
-            obj([
-                ("round", r.round.into()),
-                ("config", r.config.into()),
-                ("wall_s", r.wall_s.into()),
-                ("buffers_written", r.buffers.into()),
-                ("write_s", r.write_s.into()),
-                ("sync_s", r.sync_s.into()),
-                ("total_s", r.total_s.into()),
-            ])
-        })
-        .collect();
+    let raw: Vec<Json> = rounds.iter().map(CheckpointRound::to_json).collect();
     let j = obj([
         (
             "setup",

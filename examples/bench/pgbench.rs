@@ -9,7 +9,7 @@ use crate::criterion::read_criterion;
 use crate::json::{obj, Json};
 use crate::machine::load_average;
 use crate::options::{Opts, Params};
-use crate::report::{max, median, min, pct, summary};
+use crate::report::{max, median, min, series, summary, vs_off};
 use crate::server::{
     server_cpu_seconds, switch_to, wait_reader, HOOKS_1GB, HOOKS_64MB, OFF, SUMMARIZE_WAL, WAL_64MB,
 };
@@ -68,6 +68,23 @@ impl PgbenchRound {
     }
     fn wal_bytes_per_tx(&self) -> f64 {
         self.wal_bytes / self.transactions as f64
+    }
+
+    /// The round's raw numbers, as the JSON's `rounds` lists them.
+    fn to_json(&self) -> Json {
+        obj([
+            ("round", self.round.into()),
+            ("config", self.config.into()),
+            ("workload", self.workload.into()),
+            ("tps", self.tps.into()),
+            ("transactions", self.transactions.into()),
+            ("elapsed_s", self.elapsed_s.into()),
+            ("wal_bytes", self.wal_bytes.into()),
+            ("cpu_s", self.cpu_s.into()),
+            ("cpu_us_per_tx", self.cpu_us_per_tx().into()),
+            ("wal_mb_per_s", self.wal_mb_per_s().into()),
+            ("reader_catch_up_s", self.reader_catch_up_s.into()),
+        ])
     }
 }
 
@@ -217,9 +234,6 @@ pub fn section_pgbench(opts: &Opts, p: &Params, ctx: &mut Context) -> (Json, Str
                 .filter(|r| r.workload == *workload && r.config == cfg)
                 .collect()
         };
-        let series = |rs: &[&PgbenchRound], f: fn(&PgbenchRound) -> f64| -> Vec<f64> {
-            rs.iter().map(|r| f(r)).collect()
-        };
         let off = of(OFF.name);
         let off_tps = median(&series(&off, |r| r.tps));
         let off_cpu = median(&series(&off, PgbenchRound::cpu_us_per_tx));
@@ -240,17 +254,9 @@ pub fn section_pgbench(opts: &Opts, p: &Params, ctx: &mut Context) -> (Json, Str
                 median(&tps),
                 min(&tps),
                 max(&tps),
-                if cfg.name == OFF.name {
-                    "baseline".into()
-                } else {
-                    pct(tps_ratio - 1.0)
-                },
+                vs_off(cfg.name == OFF.name, tps_ratio),
                 median(&cpu),
-                if cfg.name == OFF.name {
-                    "baseline".into()
-                } else {
-                    pct(cpu_ratio - 1.0)
-                },
+                vs_off(cfg.name == OFF.name, cpu_ratio),
                 median(&wal),
                 median(&wal_tx),
             );
@@ -312,24 +318,7 @@ pub fn section_pgbench(opts: &Opts, p: &Params, ctx: &mut Context) -> (Json, Str
         }
     };
 
-    let raw: Vec<Json> = rounds
-        .iter()
-        .map(|r| {
-            obj([
-                ("round", r.round.into()),
-                ("config", r.config.into()),
-                ("workload", r.workload.into()),
-                ("tps", r.tps.into()),
-                ("transactions", r.transactions.into()),
-                ("elapsed_s", r.elapsed_s.into()),
-                ("wal_bytes", r.wal_bytes.into()),
-                ("cpu_s", r.cpu_s.into()),
-                ("cpu_us_per_tx", r.cpu_us_per_tx().into()),
-                ("wal_mb_per_s", r.wal_mb_per_s().into()),
-                ("reader_catch_up_s", r.reader_catch_up_s.into()),
-            ])
-        })
-        .collect();
+    let raw: Vec<Json> = rounds.iter().map(PgbenchRound::to_json).collect();
     let j = obj([
         (
             "setup",

@@ -34,6 +34,20 @@ pub fn summary(xs: &[f64]) -> Json {
     ])
 }
 
+/// One number of each round: a series to summarize.
+pub fn series<R>(rounds: &[&R], f: impl Fn(&R) -> f64) -> Vec<f64> {
+    rounds.iter().map(|r| f(r)).collect()
+}
+
+/// A "vs off" cell: `baseline` in ptrack off's own row, else the ratio − 1.
+pub fn vs_off(is_off: bool, ratio: f64) -> String {
+    if is_off {
+        "baseline".into()
+    } else {
+        pct(ratio - 1.0)
+    }
+}
+
 pub fn pct(x: f64) -> String {
     if !x.is_finite() {
         return "–".into();
