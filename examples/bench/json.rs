@@ -221,54 +221,56 @@ impl Parser<'_> {
         }
     }
 
+    /// The comma-separated items of an object or an array, from its opening
+    /// bracket (at the cursor) through `close`; `item` parses one.
+    fn items(
+        &mut self,
+        close: u8,
+        what: &str,
+        mut item: impl FnMut(&mut Self) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(format!("bad {what} at {}", self.i)),
+            }
+        }
+    }
+
     fn value(&mut self) -> Result<Json, String> {
         self.ws();
         match self.peek() {
             Some(b'{') => {
-                self.i += 1;
                 let mut pairs = Vec::new();
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(pairs));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.expect(b':')?;
-                    let v = self.value()?;
+                self.items(b'}', "object", |p| {
+                    p.ws();
+                    let k = p.string()?;
+                    p.expect(b':')?;
+                    let v = p.value()?;
                     pairs.push((k, v));
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(pairs));
-                        }
-                        _ => return Err(format!("bad object at {}", self.i)),
-                    }
-                }
+                    Ok(())
+                })?;
+                Ok(Json::Obj(pairs))
             }
             Some(b'[') => {
-                self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("bad array at {}", self.i)),
-                    }
-                }
+                self.items(b']', "array", |p| {
+                    items.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Json::Arr(items))
             }
             Some(b'"') => self.string().map(Json::Str),
             Some(b't') => self.literal("true", Json::Bool(true)),
