@@ -95,8 +95,11 @@ pub fn phase(name: &str, t0: Instant, what: &str) {
 /// benchmarks); panics when there is none.
 #[track_caller]
 pub fn option_value(args: &mut impl Iterator<Item = String>, name: &str) -> String {
-    args.next()
-        .unwrap_or_else(|| panic!("{name} needs a value"))
+    // Not unwrap_or_else: a panic in its closure would be placed here.
+    match args.next() {
+        Some(value) => value,
+        None => panic!("{name} needs a value"),
+    }
 }
 
 /// Today as `YYYYMMDD` (`date +%Y%m%d`), for result file names.
