@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every performance figure of issue #5 in one command (not part of CI):
-# the core's criterion micro-benchmarks, then examples/bench.rs against a
+# the core's criterion micro-benchmarks, then examples/bench/ against a
 # non-cassert PostgreSQL 17 with the ptrack patch (pgbench overhead, callgrind
 # instruction counts, backup-side speed, checkpoint cost, false-positive
 # simulation), then the plots. See benches/README.md.
@@ -19,7 +19,7 @@
 #   PTRACK_PG_PREFIX   use this PostgreSQL install (with ptrack installed)
 #                      instead of setup.sh's bench build
 #   BENCH_ROUNDS, BENCH_ROUND_SECONDS, BENCH_PGBENCH_SCALE, BENCH_BACKUP_SCALE,
-#   BENCH_CALLGRIND_N=N1,N2   override sizes (see examples/bench.rs)
+#   BENCH_CALLGRIND_N=N1,N2   override sizes (see examples/bench/options.rs)
 #
 # As root: servers run as the postgres user, the page cache is dropped. Run it
 # on an otherwise idle machine; the full run takes about an hour on 2 cores.

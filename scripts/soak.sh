@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak test of the no-false-negative guarantee (not part of the CI suite):
 # N iterations of a randomized workload with crashes, each ending in the
-# block-by-block cold-copy check (examples/soak.rs). Results:
+# block-by-block cold-copy check (examples/soak/). Results:
 # benches/results/soak-YYYYMMDD.json; exits non-zero on any false negative.
 #
 #   scripts/soak.sh [ITERATIONS] [extra soak options: --seed S --out PATH]

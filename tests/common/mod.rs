@@ -21,7 +21,8 @@
 //! - `heap_page`: hint bits in heap pages;
 //! - `replica`: standbys and `pg_basebackup` copies;
 //! - `backup`: the `ptrack-backup` tool and PostgreSQL's backup tools;
-//! - `util`: polling, a seeded RNG, JSON strings.
+//! - `util`: polling, a seeded RNG, JSON strings, and what the examples'
+//!   command lines share (option values, the date, panic messages).
 
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]

@@ -1,5 +1,5 @@
 //! Small helpers that need no cluster: polling, a seeded RNG, JSON strings,
-//! progress lines.
+//! progress lines, and the command-line bits the soak and the benchmarks share.
 
 use std::time::{Duration, Instant};
 
@@ -89,4 +89,39 @@ pub fn json_string(s: &str) -> String {
 /// A progress line of a long test: `[name]   12.3s what`, seconds since `t0`.
 pub fn phase(name: &str, t0: Instant, what: &str) {
     eprintln!("[{name}] {:>6.1}s {what}", t0.elapsed().as_secs_f64());
+}
+
+/// The value after option `name` on a command line (of the soak and the
+/// benchmarks); panics when there is none.
+#[track_caller]
+pub fn option_value(args: &mut impl Iterator<Item = String>, name: &str) -> String {
+    // Not unwrap_or_else: a panic in its closure would be placed here.
+    match args.next() {
+        Some(value) => value,
+        None => panic!("{name} needs a value"),
+    }
+}
+
+/// Today as `YYYYMMDD` (`date +%Y%m%d`), for result file names.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y%m%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "00000000".into())
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The message of a caught panic (its payload as text).
+pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
 }
