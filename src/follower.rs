@@ -26,7 +26,7 @@ use ptrack_core::wal::{
 };
 use ptrack_core::{walk, Lsn, LsnMap};
 
-use crate::{hooks, server, shmem};
+use crate::{hooks, server, settings, shmem};
 
 /// How long the follower sleeps when it has read all the WAL there is.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
@@ -82,7 +82,7 @@ pub extern "C-unwind" fn ptrack_wal_follower_main(_arg: pg_sys::Datum) {
             // its configuration, outside any critical section.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let progressed = crate::DEBUG_FOLLOWER_PAUSED.get() == 0 && follower.read_available();
+        let progressed = settings::DEBUG_FOLLOWER_PAUSED.get() == 0 && follower.read_available();
         let redo = server::checkpoint_redo();
         if redo != last_redo {
             // A checkpoint began: make what was read durable and let the WAL
@@ -381,11 +381,11 @@ fn segment_present(lsn: Lsn) -> bool {
 /// How long questions wait, and the error when the follower is too slow.
 pub fn wait_until_read(map: &LsnMap<'_>) {
     let target = server::wal_flushed_now();
-    let timeout = Duration::from_millis(crate::WAL_WAIT_TIMEOUT_MS.get().max(0) as u64);
+    let timeout = Duration::from_millis(settings::WAL_WAIT_TIMEOUT_MS.get().max(0) as u64);
     let deadline = Instant::now() + timeout;
     while map.wal_read_to() < target || !map.init_lsn().is_valid() {
         if Instant::now() >= deadline {
-            crate::raise(
+            server::raise(
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                 format!(
                     "ptrack: the WAL follower has read the WAL up to {} only, not yet up to {target}, \

@@ -10,7 +10,7 @@ use ptrack_core::mapfile::{self, MapFileMeta};
 use ptrack_core::{walk, Fork, Lsn, LsnMap, RelFileKey};
 
 use crate::server::{self, BlockHook, CopydirHook, CoreHooks, RelFileBackend, SyncHook};
-use crate::shmem;
+use crate::{settings, shmem};
 
 /// The hooks that were installed before ours, called first by ours.
 struct PreviousHooks {
@@ -176,8 +176,9 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
         data_checksum_version: shmem::data_checksum_version(),
         wal_tracked_through: map.wal_tracked_through(),
     };
-    let pause = std::time::Duration::from_millis(crate::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
-    let fail_after = crate::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
+    let pause =
+        std::time::Duration::from_millis(settings::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
+    let fail_after = settings::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
     let mut inject_faults = |chunks_written: usize| {
         if !pause.is_zero() {
             std::thread::sleep(pause);

@@ -22,7 +22,7 @@ use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, Verifi
 use ptrack_core::startup::{self, new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::{Lsn, LsnMap};
 
-use crate::server;
+use crate::{server, settings};
 
 /// Start of the map region, or null while there is none (tracking off, or
 /// before shared memory exists). Set in the postmaster and inherited by every
@@ -282,7 +282,7 @@ fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
         Some(file) => {
             load(map, file);
             if let (Some(timeline), Some(TrackingMode::Hooks)) =
-                (verdict.crash_recovery_on, crate::active_mode())
+                (verdict.crash_recovery_on, settings::active_mode())
             {
                 mark_what_recovery_replays(map, file.meta().checkpoint_redo, timeline, verdict);
             }
@@ -290,7 +290,7 @@ fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
         None => {
             map.set_init_at_least(verdict.new_map.floor);
             if let (Some(init), Some(TrackingMode::Hooks)) =
-                (verdict.new_map.init_now, crate::active_mode())
+                (verdict.new_map.init_now, settings::active_mode())
             {
                 let init = map.start_tracking_at(init);
                 log!("ptrack: new map complete from init LSN {init}");
@@ -323,7 +323,7 @@ fn start_in_live_file(region: *mut u8) {
     let file_redo = verdict.file.as_ref().map(|f| f.meta().checkpoint_redo);
     // In WAL mode the follower reads again from the file's position whatever
     // the live map holds beyond it: resuming would gain nothing.
-    let hook_mode = crate::active_mode() == Some(TrackingMode::Hooks);
+    let hook_mode = settings::active_mode() == Some(TrackingMode::Hooks);
     match header.resumable(&identity, file_redo) {
         Ok(()) if hook_mode && identity.boot_id != [0; 16] => {
             map.set_flushed_redo(header.base_redo());
@@ -444,7 +444,7 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     // phase and nothing was written after it. A standby may have skipped its
     // shutdown restartpoint, keeping the REDO of an older flush while replay
     // marked more since: it is always written.
-    let flushed = crate::active_mode() == Some(TrackingMode::Hooks)
+    let flushed = settings::active_mode() == Some(TrackingMode::Hooks)
         && control.primary_shut_down
         && map.flushed_redo() == control.latest_checkpoint_redo;
     let written = if flushed {
@@ -479,7 +479,7 @@ struct MapFileVerdict {
 /// discarded.
 fn verified_map_file() -> Option<MapFileVerdict> {
     let global = server::data_dir().join("global");
-    let mode = crate::active_mode().unwrap_or(TrackingMode::Hooks);
+    let mode = settings::active_mode().unwrap_or(TrackingMode::Hooks);
     let other_mode = match mode {
         TrackingMode::Hooks => TrackingMode::Wal,
         TrackingMode::Wal => TrackingMode::Hooks,

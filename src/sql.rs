@@ -13,8 +13,13 @@ use ptrack_core::mapfile::TrackingMode;
 use ptrack_core::Lsn;
 use ptrack_core::{walk, LsnMap};
 
-use crate::{follower, raise, server, shmem, MAP_SIZE_MB};
+use crate::server::{self, raise};
+use crate::settings::{self, MAP_SIZE_MB};
+use crate::{follower, shmem};
 use pg_lsn::PgLsn;
+
+/// The API version pg_probackup checks (it needs 2.x).
+const PTRACK_VERSION: &str = "2.4";
 
 /// The shared map, or an ERROR saying why there is none.
 fn map_or_error() -> LsnMap<'static> {
@@ -40,7 +45,7 @@ fn map_or_error() -> LsnMap<'static> {
 /// (re)created. WAL mode first waits for the follower to read the WAL written
 /// before this call; the follower set the init LSN when it started.
 fn init_lsn(map: &LsnMap<'_>) -> Lsn {
-    match crate::active_mode() {
+    match settings::active_mode() {
         Some(TrackingMode::Wal) => {
             follower::wait_until_read(map);
             map.init_lsn()
@@ -51,7 +56,7 @@ fn init_lsn(map: &LsnMap<'_>) -> Lsn {
 
 #[pg_extern]
 fn ptrack_version() -> &'static str {
-    crate::PTRACK_VERSION
+    PTRACK_VERSION
 }
 
 #[pg_extern]
@@ -145,7 +150,7 @@ fn ptrack_status() -> TableIterator<
     ),
 > {
     let map = shmem::shared_map();
-    let mode = match (crate::active_mode(), map.is_some()) {
+    let mode = match (settings::active_mode(), map.is_some()) {
         (Some(TrackingMode::Hooks), true) => "hooks",
         (Some(TrackingMode::Wal), true) => "wal",
         _ => "off",
