@@ -7,6 +7,7 @@
 //! * [`shmem`]: the map in shared memory and its loading at start;
 //! * [`hooks`]: marking written and copied blocks, flushing at checkpoints;
 //! * [`follower`]: WAL mode, for servers without the core patch;
+//! * [`wal_marks`]: marking what WAL records did (the follower, the crash scan);
 //! * [`sql`]: the ptrack 2.4 SQL API.
 
 use pgrx::prelude::*;
@@ -19,6 +20,7 @@ mod server;
 mod settings;
 mod shmem;
 mod sql;
+mod wal_marks;
 
 use server::raise;
 use settings::{ModeSetting, MAP_SIZE_MB, MODE};

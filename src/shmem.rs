@@ -22,7 +22,7 @@ use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, Verifi
 use ptrack_core::startup::{self, new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::{Lsn, LsnMap};
 
-use crate::{server, settings};
+use crate::{server, settings, wal_marks};
 
 /// Start of the map region, or null while there is none (tracking off, or
 /// before shared memory exists). Set in the postmaster and inherited by every
@@ -361,14 +361,14 @@ static CRASH_SCAN_TIMELINE: AtomicU32 = AtomicU32::new(0);
 
 /// The live map was lost in a crash (tmpfs emptied by an OS crash) and the
 /// map file is loaded: the marks since the file's REDO come from the WAL that
-/// crash recovery replays (see `follower::mark_wal_after_crash`).
+/// crash recovery replays (see `wal_marks::mark_wal_after_crash`).
 fn mark_what_recovery_replays(
     map: &LsnMap<'_>,
     from: Lsn,
     timeline: u32,
     verdict: &MapFileVerdict,
 ) {
-    match crate::follower::mark_wal_after_crash(map, from, timeline, Lsn(u64::MAX)) {
+    match wal_marks::mark_wal_after_crash(map, from, timeline, Lsn(u64::MAX)) {
         Some(end) => {
             CRASH_SCAN_TIMELINE.store(timeline, Ordering::Release);
             CRASH_SCAN_END.store(end.0, Ordering::Release);
@@ -405,7 +405,7 @@ pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
         return;
     }
     let timeline = CRASH_SCAN_TIMELINE.load(Ordering::Acquire);
-    let reached = crate::follower::mark_wal_after_crash(map, end, timeline, redo)
+    let reached = wal_marks::mark_wal_after_crash(map, end, timeline, redo)
         .is_some_and(|more| startup::scan_reached_recovery_end(more, redo, page));
     if !reached {
         map.forget_before(redo);
