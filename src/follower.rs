@@ -26,7 +26,7 @@ use ptrack_core::wal::{
 use ptrack_core::{walk, Lsn, LsnMap};
 
 use crate::wal_marks::{apply_effect, CutRecording};
-use crate::{hooks, server, settings, shmem};
+use crate::{map_store, server, settings};
 
 /// How long the follower sleeps when it has read all the WAL there is.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
@@ -51,7 +51,7 @@ pub fn register() {
 #[no_mangle]
 pub extern "C-unwind" fn ptrack_wal_follower_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let Some(map) = shmem::shared_map() else {
+    let Some(map) = map_store::shared_map() else {
         return;
     };
     if !server::hint_bits_are_wal_logged() {
@@ -254,7 +254,7 @@ impl<'a> Follower<'a> {
             return;
         }
         self.account_growth();
-        match hooks::persist_map(&self.map, server::checkpoint_redo()) {
+        match map_store::persist_map(&self.map, server::checkpoint_redo()) {
             Ok(()) => {
                 server::set_follower_slot_lsn(through, true);
                 self.persisted_through = through;

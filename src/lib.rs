@@ -4,8 +4,10 @@
 //!
 //! * [`settings`]: the `ptrack.*` GUCs and the mode chosen at start;
 //! * [`server`]: version-specific server access (hook variables, LSNs, layout);
-//! * [`shmem`]: the map in shared memory and its loading at start;
-//! * [`hooks`]: marking written and copied blocks, flushing at checkpoints;
+//! * [`map_store`]: the map's lifecycle: where it lives, attaching, verifying
+//!   and loading it at start, writing it at checkpoints and at shutdown;
+//! * [`hooks`]: the core patch's hooks: marking written and copied blocks,
+//!   and asking `map_store` to write the map at checkpoints;
 //! * [`follower`]: WAL mode, for servers without the core patch;
 //! * [`wal_marks`]: marking what WAL records did (the follower, the crash scan);
 //! * [`sql`]: the ptrack 2.4 SQL API.
@@ -16,9 +18,9 @@ use ptrack_core::startup::{self, CorePatch, ModeChoice, RequestedMode};
 
 mod follower;
 mod hooks;
+mod map_store;
 mod server;
 mod settings;
-mod shmem;
 mod sql;
 mod wal_marks;
 
@@ -40,7 +42,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::define();
     let map_size_mb = MAP_SIZE_MB.get();
     if map_size_mb == 0 {
-        if let Ok(live) = shmem::live_file_path() {
+        if let Ok(live) = map_store::live_file_path() {
             let _ = std::fs::remove_file(live);
         }
         match mapfile::remove_map_files(&server::data_dir().join("global")) {
@@ -56,7 +58,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     let mode = choose_mode();
     settings::set_active_mode(mode);
-    shmem::install(shmem::slot_count_for(map_size_mb));
+    map_store::install(map_store::slot_count_for(map_size_mb));
     match mode {
         TrackingMode::Hooks => {
             let core_hooks = server::CoreHooks::find().unwrap_or_else(|_| {

@@ -15,7 +15,7 @@ use ptrack_core::{walk, LsnMap};
 
 use crate::server::{self, raise};
 use crate::settings::{self, MAP_SIZE_MB};
-use crate::{follower, shmem};
+use crate::{follower, map_store};
 use pg_lsn::PgLsn;
 
 /// The API version pg_probackup checks (it needs 2.x).
@@ -23,7 +23,7 @@ const PTRACK_VERSION: &str = "2.4";
 
 /// The shared map, or an ERROR saying why there is none.
 fn map_or_error() -> LsnMap<'static> {
-    match shmem::shared_map() {
+    match map_store::shared_map() {
         Some(map) => map,
         None if MAP_SIZE_MB.get() == 0 => raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -149,7 +149,7 @@ fn ptrack_status() -> TableIterator<
         name!(wal_lag_bytes, Option<i64>),
     ),
 > {
-    let map = shmem::shared_map();
+    let map = map_store::shared_map();
     let mode = match (settings::active_mode(), map.is_some()) {
         (Some(TrackingMode::Hooks), true) => "hooks",
         (Some(TrackingMode::Wal), true) => "wal",
