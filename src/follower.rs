@@ -20,13 +20,13 @@ use pgrx::bgworkers::{
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use ptrack_core::relfile::DatabaseDir;
 use ptrack_core::wal::{
     record_effects, RecordEffect, SegmentDirSource, WalError, WalFormat, WalReader,
 };
 use ptrack_core::{walk, Lsn, LsnMap};
 
-use crate::{hooks, server, shmem};
+use crate::wal_marks::{apply_effect, CutRecording};
+use crate::{map_store, server, settings};
 
 /// How long the follower sleeps when it has read all the WAL there is.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
@@ -51,7 +51,7 @@ pub fn register() {
 #[no_mangle]
 pub extern "C-unwind" fn ptrack_wal_follower_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let Some(map) = shmem::shared_map() else {
+    let Some(map) = map_store::shared_map() else {
         return;
     };
     if !server::hint_bits_are_wal_logged() {
@@ -82,7 +82,7 @@ pub extern "C-unwind" fn ptrack_wal_follower_main(_arg: pg_sys::Datum) {
             // its configuration, outside any critical section.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let progressed = crate::DEBUG_FOLLOWER_PAUSED.get() == 0 && follower.read_available();
+        let progressed = settings::DEBUG_FOLLOWER_PAUSED.get() == 0 && follower.read_available();
         let redo = server::checkpoint_redo();
         if redo != last_redo {
             // A checkpoint began: make what was read durable and let the WAL
@@ -254,7 +254,7 @@ impl<'a> Follower<'a> {
             return;
         }
         self.account_growth();
-        match hooks::persist_map(&self.map, server::checkpoint_redo()) {
+        match map_store::persist_map(&self.map, server::checkpoint_redo()) {
             Ok(()) => {
                 server::set_follower_slot_lsn(through, true);
                 self.persisted_through = through;
@@ -266,102 +266,6 @@ impl<'a> Follower<'a> {
             ),
         }
     }
-}
-
-/// How a cut is recorded.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CutRecording {
-    /// WAL mode: in the cut table too, so that it counts for later start
-    /// LSNs; the follower accounts for what the fork grows by afterwards.
-    Exact,
-    /// Hook mode's crash scan: the hooks mark every block a relation grows
-    /// by, so the map's own cut marks are enough.
-    MarksOnly,
-}
-
-/// Marks what one record did, as of `lsn` (the record's end).
-fn apply_effect(map: &LsnMap<'_>, effect: RecordEffect, lsn: Lsn, cuts: CutRecording) {
-    match effect {
-        RecordEffect::Block(block) => map.mark(&block, lsn),
-        RecordEffect::Cut { file, length } if cuts == CutRecording::Exact => {
-            record_cut(map, &file, length, lsn)
-        }
-        RecordEffect::Cut { file, length } => map.mark_cut(&file, length, lsn),
-        RecordEffect::CopiedDatabase {
-            tablespace,
-            database,
-        } => {
-            let relative = DatabaseDir {
-                tablespace,
-                database,
-            }
-            .relative_path(&server::layout().tablespace_version_dir);
-            match walk::mark_copied_directory(
-                map,
-                &server::data_dir(),
-                &relative,
-                &server::layout(),
-                lsn,
-            ) {
-                Ok(copied) if cuts == CutRecording::Exact => {
-                    for fork in &copied.forks {
-                        record_cut(map, fork, 0, lsn);
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    // The directory is gone again (dropped since) or unreadable:
-                    // either way nothing of it can be vouched for.
-                    if error.kind() != std::io::ErrorKind::NotFound {
-                        map.forget_before(lsn);
-                        warning!(
-                            "ptrack: could not mark the blocks of copied database directory \
-                         \"{relative}\" ({error}); changes before {lsn} are now unknown \
-                         (new init LSN)"
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`LsnMap::record_cut`], saying in the log when a full table made the map
-/// forget.
-fn record_cut(map: &LsnMap<'_>, file: &ptrack_core::RelFileKey, length: u32, lsn: Lsn) {
-    if let Err(full) = map.record_cut(file, length, lsn) {
-        warning!(
-            "ptrack: {full}: changes before {} are now unknown (new init LSN); the next backup              must be a full one (a larger ptrack.map_size holds more forks)",
-            map.init_lsn()
-        );
-    }
-}
-
-/// Hook mode, at a start after a crash that lost the live map: marks every
-/// block the WAL from `from` (the loaded map file's REDO) on references, as
-/// WAL mode would, and returns where that WAL ends (PostgreSQL's end of log).
-///
-/// Crash recovery re-marks a page only when it writes it, and it skips a
-/// record whose page on disk already carries it: with `full_page_writes`
-/// off (or off for a while), a page written after the map file and before
-/// the crash would never be marked again. Reading the WAL itself does not
-/// depend on that. Any error ends the WAL here, as it ends recovery.
-///
-/// `limit`: records ending after it are not read (`Lsn(u64::MAX)`: all).
-pub fn mark_wal_after_crash(map: &LsnMap<'_>, from: Lsn, timeline: u32, limit: Lsn) -> Option<Lsn> {
-    let format = WalFormat::for_major(server::major_version(), server::wal_segment_size())?;
-    let source = SegmentDirSource::new(server::pg_wal_dir(), format, timeline);
-    let mut reader = WalReader::at_record(source, format, from);
-    let mut records = 0u64;
-    while let Ok(Some(record)) = reader.next_record(limit) {
-        for effect in record_effects(&record) {
-            apply_effect(map, effect, record.end, CutRecording::MarksOnly);
-        }
-        records += 1;
-    }
-    let end = reader.next_record_start();
-    log!("ptrack: marked the blocks of {records} WAL records from {from} to {end} that crash recovery replays");
-    Some(end)
 }
 
 /// Whether `pg_wal` holds the segment file of `lsn`, on any timeline.
@@ -381,11 +285,11 @@ fn segment_present(lsn: Lsn) -> bool {
 /// How long questions wait, and the error when the follower is too slow.
 pub fn wait_until_read(map: &LsnMap<'_>) {
     let target = server::wal_flushed_now();
-    let timeout = Duration::from_millis(crate::WAL_WAIT_TIMEOUT_MS.get().max(0) as u64);
+    let timeout = Duration::from_millis(settings::WAL_WAIT_TIMEOUT_MS.get().max(0) as u64);
     let deadline = Instant::now() + timeout;
     while map.wal_read_to() < target || !map.init_lsn().is_valid() {
         if Instant::now() >= deadline {
-            crate::raise(
+            server::raise(
                 PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                 format!(
                     "ptrack: the WAL follower has read the WAL up to {} only, not yet up to {target}, \

@@ -1,16 +1,16 @@
-//! The server hooks: marking written blocks, marking copied databases, and
-//! flushing the map at the end of every checkpoint's sync phase.
+//! The core patch's hooks: marking written blocks, marking copied databases,
+//! and, at the end of every checkpoint's sync phase, having `map_store` write
+//! the map.
 
 use std::ffi::{c_char, CStr};
 use std::sync::OnceLock;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use ptrack_core::mapfile::{self, MapFileMeta};
-use ptrack_core::{walk, Fork, Lsn, LsnMap, RelFileKey};
+use ptrack_core::{walk, Fork, RelFileKey};
 
+use crate::map_store;
 use crate::server::{self, BlockHook, CopydirHook, CoreHooks, RelFileBackend, SyncHook};
-use crate::shmem;
 
 /// The hooks that were installed before ours, called first by ours.
 struct PreviousHooks {
@@ -60,7 +60,7 @@ fn mark_block(
     let Some((tablespace, database, relfilenode)) = server::permanent_relation(rlocator) else {
         return;
     };
-    let Some(map) = shmem::shared_map() else {
+    let Some(map) = map_store::shared_map() else {
         return;
     };
     // Fork numbers outside 0..=3 do not exist on disk; there is nothing to mark.
@@ -110,7 +110,7 @@ unsafe extern "C" fn on_copydir(path: *const c_char) {
         // SAFETY: as in `on_mdwrite`.
         unsafe { previous(path) };
     }
-    let Some(map) = shmem::shared_map() else {
+    let Some(map) = map_store::shared_map() else {
         return;
     };
     let lsn = server::current_lsn();
@@ -145,53 +145,7 @@ unsafe extern "C" fn on_sync_requests_processed() {
         // SAFETY: as in `on_mdwrite`.
         unsafe { previous() };
     }
-    if std::panic::catch_unwind(flush_map).is_err() {
+    if std::panic::catch_unwind(map_store::flush_at_checkpoint).is_err() {
         warning!("ptrack: internal error while writing the map; the map on disk is stale");
     }
-}
-
-fn flush_map() {
-    let Some(map) = shmem::shared_map() else {
-        return;
-    };
-    let redo = server::checkpoint_redo();
-    shmem::check_crash_scan(&map, redo);
-    if let Err(error) = persist_map(&map, redo) {
-        warning!(
-            "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
-             discarded at the next start unless a later checkpoint writes it",
-            mapfile::MAP_FILE_NAME
-        );
-    }
-}
-
-/// Writes the map to `global/ptrack.map`, stamped with the checkpoint REDO
-/// `redo`, through the developer settings' fault-injection points.
-pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
-    let meta = MapFileMeta {
-        system_identifier: shmem::system_identifier(),
-        slot_count: map.slot_count() as u64,
-        init_lsn: map.init_lsn(),
-        checkpoint_redo: redo,
-        data_checksum_version: shmem::data_checksum_version(),
-        wal_tracked_through: map.wal_tracked_through(),
-    };
-    let pause = std::time::Duration::from_millis(crate::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
-    let fail_after = crate::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
-    let mut inject_faults = |chunks_written: usize| {
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-        match fail_after {
-            0 => Ok(()),
-            n if chunks_written >= n => Err(std::io::Error::other(format!(
-                "injected by ptrack.debug_flush_fail_after_chunks = {n}"
-            ))),
-            _ => Ok(()),
-        }
-    };
-    let global = server::data_dir().join("global");
-    mapfile::persist_with(&global, &meta, map.words(), &mut inject_faults)?;
-    shmem::flushed_at(map, redo);
-    Ok(())
 }

@@ -1,10 +1,12 @@
 //! Everything that differs between PostgreSQL versions or that reaches into the
-//! server outside pgrx's generated bindings, in one place.
+//! server outside pgrx's generated bindings, in one place;
+//! and [`raise`], how ptrack raises an ERROR.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::path::PathBuf;
 
 use pgrx::pg_sys;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use ptrack_core::startup::CorePatch;
 use ptrack_core::walk::Layout;
 use ptrack_core::Lsn;
@@ -440,4 +442,13 @@ pub fn set_follower_slot_lsn(lsn: Lsn, durable: bool) {
             pg_sys::ReplicationSlotSave();
         }
     }
+}
+
+/// Raises an ERROR with a hint; never returns.
+#[track_caller]
+pub fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(code, message, "ptrack")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report unwinds")
 }

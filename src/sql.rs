@@ -13,12 +13,17 @@ use ptrack_core::mapfile::TrackingMode;
 use ptrack_core::Lsn;
 use ptrack_core::{walk, LsnMap};
 
-use crate::{follower, raise, server, shmem, MAP_SIZE_MB};
+use crate::server::{self, raise};
+use crate::settings::{self, MAP_SIZE_MB};
+use crate::{follower, map_store};
 use pg_lsn::PgLsn;
+
+/// The API version pg_probackup checks (it needs 2.x).
+const PTRACK_VERSION: &str = "2.4";
 
 /// The shared map, or an ERROR saying why there is none.
 fn map_or_error() -> LsnMap<'static> {
-    match shmem::shared_map() {
+    match map_store::shared_map() {
         Some(map) => map,
         None if MAP_SIZE_MB.get() == 0 => raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -40,7 +45,7 @@ fn map_or_error() -> LsnMap<'static> {
 /// (re)created. WAL mode first waits for the follower to read the WAL written
 /// before this call; the follower set the init LSN when it started.
 fn init_lsn(map: &LsnMap<'_>) -> Lsn {
-    match crate::active_mode() {
+    match settings::active_mode() {
         Some(TrackingMode::Wal) => {
             follower::wait_until_read(map);
             map.init_lsn()
@@ -51,7 +56,7 @@ fn init_lsn(map: &LsnMap<'_>) -> Lsn {
 
 #[pg_extern]
 fn ptrack_version() -> &'static str {
-    crate::PTRACK_VERSION
+    PTRACK_VERSION
 }
 
 #[pg_extern]
@@ -144,8 +149,8 @@ fn ptrack_status() -> TableIterator<
         name!(wal_lag_bytes, Option<i64>),
     ),
 > {
-    let map = shmem::shared_map();
-    let mode = match (crate::active_mode(), map.is_some()) {
+    let map = map_store::shared_map();
+    let mode = match (settings::active_mode(), map.is_some()) {
         (Some(TrackingMode::Hooks), true) => "hooks",
         (Some(TrackingMode::Wal), true) => "wal",
         _ => "off",

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 pub const PROFILE_FUNCTIONS: [(&str, &str); 7] = [
     (
         "start: map allocation, file verification and load",
-        "ptrack::shmem::on_shmem_startup",
+        "ptrack::map_store::on_shmem_startup",
     ),
     (
         "  of which verifying global/ptrack.map (CRC)",
@@ -16,11 +16,11 @@ pub const PROFILE_FUNCTIONS: [(&str, &str); 7] = [
     ),
     (
         "map flushes (every checkpoint, and once more at exit)",
-        "ptrack::hooks::persist_map",
+        "ptrack::map_store::persist_map",
     ),
     (
         "  of which the final flush at exit",
-        "ptrack::shmem::final_flush",
+        "ptrack::map_store::final_flush",
     ),
     (
         "CRC-32 (crc32fast), all calls",

@@ -1,5 +1,8 @@
-//! The shared map: where it lives, how it is filled at start, and the one
-//! pointer every process reaches it through.
+//! The shared map's lifecycle, in one place: where it lives and the one
+//! pointer every process reaches it through; attaching it at the shmem
+//! request; verifying and loading the map file at shmem startup; writing the
+//! map file at every checkpoint (hook mode's sync hook, the WAL follower);
+//! and the final write at the postmaster's exit.
 //!
 //! It lives in a file on tmpfs, `/dev/shm/ptrack.<system id>.<dev>.<inode of
 //! PGDATA>.map`, mapped shared by the postmaster and inherited by every child
@@ -8,21 +11,24 @@
 //! map lives in PostgreSQL's shared memory instead and marks made since the
 //! last checkpoint rely on redo after a crash.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+mod live_file;
+mod verify;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use ptrack_core::live::{self, LiveFileStat, LiveHeader, LiveIdentity};
-use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
-use ptrack_core::startup::{self, new_map_start, BackupLabel, NewMapStart, StartFacts};
+use ptrack_core::live::{LiveHeader, LiveIdentity};
+use ptrack_core::mapfile::{self, MapFileMeta, TrackingMode, VerifiedMapFile};
+use ptrack_core::startup;
 use ptrack_core::{Lsn, LsnMap};
 
-use crate::server;
+use crate::{server, settings, wal_marks};
+pub use live_file::live_file_path;
+use live_file::{attach_live_file, live_identity, LIVE_HEADER_BYTES};
+use verify::{verified_map_file, MapFileVerdict};
 
 /// Start of the map region, or null while there is none (tracking off, or
 /// before shared memory exists). Set in the postmaster and inherited by every
@@ -43,7 +49,6 @@ static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 const REGION_NAME: &std::ffi::CStr = c"ptrack map";
 /// `LsnMap` wants its region aligned to 64 bytes; request that much slack.
 const ALIGNMENT_SLACK: usize = 64;
-const LIVE_HEADER_BYTES: usize = std::mem::size_of::<LiveHeader>();
 
 pub fn slot_count_for(map_size_mb: i32) -> usize {
     (map_size_mb.max(0) as usize) * 1024 * 1024 / 8
@@ -64,22 +69,22 @@ pub fn shared_map() -> Option<LsnMap<'static>> {
 }
 
 fn live_header() -> Option<&'static LiveHeader> {
-    // SAFETY: non-null only once `attach_live_file` mapped the file, which is
-    // never unmapped; the header is only accessed through `LiveHeader`'s atomics
+    // SAFETY: non-null only once `attach_live_file` mapped the file, which it
+    // never unmaps; the header is only accessed through `LiveHeader`'s atomics
     // after start-up.
     unsafe { LIVE_HEADER.load(Ordering::Acquire).as_ref() }
 }
 
-pub fn system_identifier() -> u64 {
+fn system_identifier() -> u64 {
     SYSTEM_IDENTIFIER.load(Ordering::Acquire)
 }
 
-pub fn data_checksum_version() -> u32 {
+fn data_checksum_version() -> u32 {
     DATA_CHECKSUM_VERSION.load(Ordering::Acquire)
 }
 
 /// A map flush at `redo` succeeded: the live map now continues that file.
-pub fn flushed_at(map: &LsnMap<'_>, redo: Lsn) {
+fn flushed_at(map: &LsnMap<'_>, redo: Lsn) {
     map.set_flushed_redo(redo);
     if let Some(header) = live_header() {
         header.set_base_redo(redo);
@@ -87,7 +92,7 @@ pub fn flushed_at(map: &LsnMap<'_>, redo: Lsn) {
 }
 
 /// Where the map lives, for `ptrack_status`-style reporting in logs.
-pub fn backing() -> &'static str {
+fn backing() -> &'static str {
     if live_header().is_some() {
         "a tmpfs file that survives process crashes"
     } else {
@@ -122,104 +127,19 @@ unsafe extern "C-unwind" fn on_shmem_request() {
             previous();
         }
     }
-    if let Err(error) = attach_live_file() {
+    let attached = attach_live_file(slot_count()).map(|(base, path)| {
+        // The mapping is page-aligned, so the header and the region after its
+        // 64 bytes are aligned for `LiveHeader` and `LsnMap`.
+        LIVE_HEADER.store(base.cast(), Ordering::Release);
+        let _ = LIVE_PATH.set(path);
+    });
+    if let Err(error) = attached {
         log!(
             "ptrack: keeping the map in shared memory ({error}); after a crash, marks since the \
              last checkpoint come back through redo for WAL-logged changes only"
         );
         // SAFETY: as above.
         unsafe { pg_sys::RequestAddinShmemSpace(region_bytes()) };
-    }
-}
-
-fn live_identity(system_identifier: u64) -> std::io::Result<LiveIdentity> {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
-    let boot_id = live::parse_boot_id(&boot_id)
-        .ok_or_else(|| std::io::Error::other("unreadable /proc/sys/kernel/random/boot_id"))?;
-    Ok(LiveIdentity {
-        system_identifier,
-        slot_count: slot_count() as u64,
-        boot_id,
-    })
-}
-
-/// The live file of this data directory: named by the cluster and by the data
-/// directory itself, since a standby on the same machine shares the cluster's
-/// system identifier.
-pub fn live_file_path() -> std::io::Result<PathBuf> {
-    let control = server::read_control_file()?;
-    let data_dir = std::fs::metadata(server::data_dir())?;
-    Ok(PathBuf::from(format!(
-        "/dev/shm/ptrack.{}.{}.{}.map",
-        control.system_identifier,
-        data_dir.dev(),
-        data_dir.ino()
-    )))
-}
-
-/// Creates or opens the live file and maps it shared. The contents are judged
-/// at shmem startup.
-fn attach_live_file() -> std::io::Result<()> {
-    let path = live_file_path()?;
-    // O_NOFOLLOW: a symbolic link planted under the name is refused (ELOOP),
-    // never followed to a file the server's user can write.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|error| refused(&path, error.to_string()))?;
-    let stat = file.metadata()?;
-    let stat = LiveFileStat {
-        is_regular: stat.file_type().is_file(),
-        owner: stat.uid(),
-        mode: stat.mode(),
-        links: stat.nlink(),
-    };
-    // SAFETY: geteuid cannot fail.
-    let server_user = unsafe { libc::geteuid() };
-    live::check_live_file(&stat, server_user).map_err(|why| refused(&path, why.to_string()))?;
-    let bytes = LIVE_HEADER_BYTES + LsnMap::region_size(slot_count());
-    if file.metadata()?.len() != bytes as u64 {
-        // Another map size: its contents are of no use.
-        file.set_len(0)?;
-        file.set_len(bytes as u64)?;
-    }
-    reserve(&file, bytes)?;
-    // SAFETY: the file was just checked to be a regular file of the server's
-    // user, mode 0600, with no other name: no other user can open, resize or
-    // write it. It is only ever accessed through this shared mapping, by atomics.
-    let mapping = unsafe { memmap2::MmapOptions::new().len(bytes).map_mut(&file)? };
-    let base = Box::leak(Box::new(mapping)).as_mut_ptr();
-    // The mapping is page-aligned, so the header and the region after its 64
-    // bytes are aligned for `LiveHeader` and `LsnMap`.
-    LIVE_HEADER.store(base.cast(), Ordering::Release);
-    let _ = LIVE_PATH.set(path);
-    Ok(())
-}
-
-/// A live file that must not be used, said as a WARNING: the map then lives
-/// in shared memory, and a local user may be trying something.
-fn refused(path: &std::path::Path, why: String) -> std::io::Error {
-    warning!(
-        "ptrack: not using \"{}\" for the live map: {why}; the map is kept in shared memory \
-         instead, so marks since the last checkpoint rely on redo after a crash",
-        path.display()
-    );
-    std::io::Error::other(format!("\"{}\" refused: {why}", path.display()))
-}
-
-/// Allocates the file's blocks now: a write to a hole of a full tmpfs would
-/// raise SIGBUS inside a critical section.
-fn reserve(file: &File, bytes: usize) -> std::io::Result<()> {
-    // SAFETY: a plain system call on an open descriptor.
-    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
-    match result {
-        0 => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 
@@ -265,13 +185,22 @@ fn start_in_shared_memory() {
     };
     REGION.store(region, Ordering::Release);
     if let (false, Some(map)) = (found, shared_map()) {
-        let Some(verdict) = verified_map_file() else {
+        let Some(verdict) = start_verdict() else {
             REGION.store(std::ptr::null_mut(), Ordering::Release);
             return;
         };
         start_map(&map, &verdict);
     }
     register_final_flush();
+}
+
+/// [`verified_map_file`], keeping the cluster's facts it read for every map
+/// file written from now on.
+fn start_verdict() -> Option<MapFileVerdict> {
+    let verdict = verified_map_file(slot_count())?;
+    SYSTEM_IDENTIFIER.store(verdict.system_identifier, Ordering::Release);
+    DATA_CHECKSUM_VERSION.store(verdict.data_checksum_version, Ordering::Release);
+    Some(verdict)
 }
 
 /// Fills a cleared map from a verified map file, or starts a new one as the
@@ -282,7 +211,7 @@ fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
         Some(file) => {
             load(map, file);
             if let (Some(timeline), Some(TrackingMode::Hooks)) =
-                (verdict.crash_recovery_on, crate::active_mode())
+                (verdict.crash_recovery_on, settings::active_mode())
             {
                 mark_what_recovery_replays(map, file.meta().checkpoint_redo, timeline, verdict);
             }
@@ -290,7 +219,7 @@ fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
         None => {
             map.set_init_at_least(verdict.new_map.floor);
             if let (Some(init), Some(TrackingMode::Hooks)) =
-                (verdict.new_map.init_now, crate::active_mode())
+                (verdict.new_map.init_now, settings::active_mode())
             {
                 let init = map.start_tracking_at(init);
                 log!("ptrack: new map complete from init LSN {init}");
@@ -305,11 +234,11 @@ fn start_in_live_file(region: *mut u8) {
     let Some(map) = (unsafe { LsnMap::from_region(region, slot_count()) }) else {
         return;
     };
-    let Some(verdict) = verified_map_file() else {
+    let Some(verdict) = start_verdict() else {
         return;
     };
     let Some(header) = live_header() else { return };
-    let identity = match live_identity(system_identifier()) {
+    let identity = match live_identity(system_identifier(), slot_count()) {
         Ok(identity) => identity,
         Err(error) => {
             warning!("ptrack: cannot identify this boot ({error}); not resuming the live map");
@@ -323,7 +252,7 @@ fn start_in_live_file(region: *mut u8) {
     let file_redo = verdict.file.as_ref().map(|f| f.meta().checkpoint_redo);
     // In WAL mode the follower reads again from the file's position whatever
     // the live map holds beyond it: resuming would gain nothing.
-    let hook_mode = crate::active_mode() == Some(TrackingMode::Hooks);
+    let hook_mode = settings::active_mode() == Some(TrackingMode::Hooks);
     match header.resumable(&identity, file_redo) {
         Ok(()) if hook_mode && identity.boot_id != [0; 16] => {
             map.set_flushed_redo(header.base_redo());
@@ -361,14 +290,14 @@ static CRASH_SCAN_TIMELINE: AtomicU32 = AtomicU32::new(0);
 
 /// The live map was lost in a crash (tmpfs emptied by an OS crash) and the
 /// map file is loaded: the marks since the file's REDO come from the WAL that
-/// crash recovery replays (see `follower::mark_wal_after_crash`).
+/// crash recovery replays (see `wal_marks::mark_wal_after_crash`).
 fn mark_what_recovery_replays(
     map: &LsnMap<'_>,
     from: Lsn,
     timeline: u32,
     verdict: &MapFileVerdict,
 ) {
-    match crate::follower::mark_wal_after_crash(map, from, timeline, Lsn(u64::MAX)) {
+    match wal_marks::mark_wal_after_crash(map, from, timeline, Lsn(u64::MAX)) {
         Some(end) => {
             CRASH_SCAN_TIMELINE.store(timeline, Ordering::Release);
             CRASH_SCAN_END.store(end.0, Ordering::Release);
@@ -394,7 +323,7 @@ fn mark_what_recovery_replays(
 /// it still does not reach the REDO, recovery replayed WAL the scan could
 /// not read (a timeline switch, say), and nothing before that checkpoint can
 /// be vouched for.
-pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
+fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
     let end = Lsn(CRASH_SCAN_END.load(Ordering::Acquire));
     if !end.is_valid() || redo < end {
         return;
@@ -405,7 +334,7 @@ pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
         return;
     }
     let timeline = CRASH_SCAN_TIMELINE.load(Ordering::Acquire);
-    let reached = crate::follower::mark_wal_after_crash(map, end, timeline, redo)
+    let reached = wal_marks::mark_wal_after_crash(map, end, timeline, redo)
         .is_some_and(|more| startup::scan_reached_recovery_end(more, redo, page));
     if !reached {
         map.forget_before(redo);
@@ -414,6 +343,55 @@ pub fn check_crash_scan(map: &LsnMap<'_>, redo: Lsn) {
              start; changes before {redo} are now unknown (new init LSN)"
         );
     }
+}
+
+/// Writes the map at the end of a checkpoint's or restartpoint's sync phase
+/// (hook mode's sync hook), stamped with that checkpoint's REDO LSN.
+pub fn flush_at_checkpoint() {
+    let Some(map) = shared_map() else {
+        return;
+    };
+    let redo = server::checkpoint_redo();
+    check_crash_scan(&map, redo);
+    if let Err(error) = persist_map(&map, redo) {
+        warning!(
+            "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \
+             discarded at the next start unless a later checkpoint writes it",
+            mapfile::MAP_FILE_NAME
+        );
+    }
+}
+
+/// Writes the map to `global/ptrack.map`, stamped with the checkpoint REDO
+/// `redo`, through the developer settings' fault-injection points.
+pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
+    let meta = MapFileMeta {
+        system_identifier: system_identifier(),
+        slot_count: map.slot_count() as u64,
+        init_lsn: map.init_lsn(),
+        checkpoint_redo: redo,
+        data_checksum_version: data_checksum_version(),
+        wal_tracked_through: map.wal_tracked_through(),
+    };
+    let pause =
+        std::time::Duration::from_millis(settings::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
+    let fail_after = settings::DEBUG_FLUSH_FAIL_AFTER_CHUNKS.get().max(0) as usize;
+    let mut inject_faults = |chunks_written: usize| {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        match fail_after {
+            0 => Ok(()),
+            n if chunks_written >= n => Err(std::io::Error::other(format!(
+                "injected by ptrack.debug_flush_fail_after_chunks = {n}"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    let global = server::data_dir().join("global");
+    mapfile::persist_with(&global, &meta, map.words(), &mut inject_faults)?;
+    flushed_at(map, redo);
+    Ok(())
 }
 
 /// Registers [`final_flush`] in the postmaster. Re-registered at every shmem
@@ -444,13 +422,13 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     // phase and nothing was written after it. A standby may have skipped its
     // shutdown restartpoint, keeping the REDO of an older flush while replay
     // marked more since: it is always written.
-    let flushed = crate::active_mode() == Some(TrackingMode::Hooks)
+    let flushed = settings::active_mode() == Some(TrackingMode::Hooks)
         && control.primary_shut_down
         && map.flushed_redo() == control.latest_checkpoint_redo;
     let written = if flushed {
         Ok(())
     } else {
-        crate::hooks::persist_map(&map, control.latest_checkpoint_redo)
+        persist_map(&map, control.latest_checkpoint_redo)
     };
     match written {
         Ok(()) => {
@@ -462,110 +440,6 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
             warning!("ptrack: could not write the map at shutdown: {error}; the live map is kept")
         }
     }
-}
-
-/// The map file at start if every check passes, and otherwise how a new map
-/// starts; `None` when tracking cannot start at all.
-struct MapFileVerdict {
-    file: Option<VerifiedMapFile<memmap2::Mmap>>,
-    new_map: NewMapStart,
-    /// The server did not shut down cleanly: crash recovery will replay the
-    /// WAL from the latest checkpoint, on this timeline.
-    crash_recovery_on: Option<u32>,
-}
-
-/// Reads `global/pg_control`, `backup_label` and the map file, and returns the
-/// map file if every check passes; otherwise logs a WARNING saying why it is
-/// discarded.
-fn verified_map_file() -> Option<MapFileVerdict> {
-    let global = server::data_dir().join("global");
-    let mode = crate::active_mode().unwrap_or(TrackingMode::Hooks);
-    let other_mode = match mode {
-        TrackingMode::Hooks => TrackingMode::Wal,
-        TrackingMode::Wal => TrackingMode::Hooks,
-    };
-    // A map of the other mode is of no use to this one (switching modes
-    // starts a new map); its LSNs are below pg_control's by now anyway.
-    for name in [
-        mode.temp_file_name(),
-        other_mode.map_file_name(),
-        other_mode.temp_file_name(),
-    ] {
-        let _ = std::fs::remove_file(global.join(name));
-    }
-    let name = mode.map_file_name();
-    let control = match server::read_control_file() {
-        Ok(control) => control,
-        Err(error) => {
-            // The postmaster read it moments ago; nothing is known of the
-            // LSNs used before, so no map may vouch for any of them.
-            warning!(
-                "ptrack: cannot read pg_control ({error}); change tracking is off until the next \
-                 start, and ptrack's functions fail"
-            );
-            return None;
-        }
-    };
-    SYSTEM_IDENTIFIER.store(control.system_identifier, Ordering::Release);
-    DATA_CHECKSUM_VERSION.store(control.data_checksum_version, Ordering::Release);
-    let backup_label = server::read_backup_label();
-    let mut facts = StartFacts {
-        primary_shut_down_cleanly: control.primary_shut_down,
-        control_highest: control
-            .latest_checkpoint
-            .max(control.latest_checkpoint_redo)
-            .max(control.min_recovery_point),
-        control_redo: control.latest_checkpoint_redo,
-        backup_label: backup_label
-            .as_ref()
-            .and_then(|text| BackupLabel::parse(text)),
-        rejected_map_highest: None,
-    };
-    let expect = Expectation {
-        system_identifier: control.system_identifier,
-        slot_count: slot_count() as u64,
-        latest_checkpoint_redo: control.latest_checkpoint_redo,
-        data_checksum_version: control.data_checksum_version,
-        backup_label_present: backup_label.is_some(),
-        mode,
-    };
-    let path = global.join(name);
-    let file = match mapfile::open_verified(&path, &expect) {
-        Ok(file) => Some(file),
-        Err(MapFileError::Missing) => {
-            warning!(
-                "ptrack: map file \"global/{name}\" not found; starting a new map: changes before its init LSN are unknown"
-            );
-            None
-        }
-        Err(error) => {
-            if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
-                warning!("{text}");
-            }
-            warning!(
-                "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
-            );
-            // After pg_rewind or a restore, LSNs the old map saw may lie ahead
-            // of everything this server will replay first.
-            facts.rejected_map_highest = recorded_highest(&path, control.system_identifier);
-            None
-        }
-    };
-    Some(MapFileVerdict {
-        file,
-        new_map: new_map_start(&facts),
-        crash_recovery_on: (!control.cleanly_shut_down).then_some(control.timeline),
-    })
-}
-
-/// The highest LSN the rejected map file at `path` records, read through a
-/// mapping: it can be gigabytes, and a start must not fail for want of memory.
-fn recorded_highest(path: &std::path::Path, system_identifier: u64) -> Option<Lsn> {
-    let file = File::open(path).ok()?;
-    // SAFETY: a private read-only mapping of a file in the data directory that
-    // only this (starting) server writes; it is dropped before anything could.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    mapfile::highest_lsn_recorded(&bytes, system_identifier)
 }
 
 fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
