@@ -7,6 +7,7 @@
 //! backup, by `ptrack-backup restore` on 15 — and must have the quiesced
 //! source's relation files block for block; started, the same table contents
 //! in every database, a clean `pg_amcheck` and, stopped, `pg_checksums --check`.
+//! The same backups restored by pg_probackup's rule must match too.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::backup::{self as tools, server_major};
-use common::{Cluster, StopMode};
+use common::{probackup_rule, Cluster, StopMode};
 
 fn copy_rows(table: &str, ids: std::ops::Range<u32>, pad: &str) -> String {
     let mut sql = format!("COPY {table} (id, pad) FROM STDIN;\n");
@@ -180,6 +181,16 @@ fn check_restore(
         compared >= 20,
         "point {point}: only {compared} relation files compared"
     );
+    // The same backups restored by pg_probackup's rule, which does not stop
+    // at an intermediate backup's truncation length as pg_combinebackup does.
+    for file in relation_files {
+        let source = fs::read(c.pgdata.join(file)).expect("read a source relation file");
+        let restored = probackup_rule::restore_file(&chain, file)
+            .unwrap_or_else(|| panic!("point {point}: the newest backup has no {file}"));
+        if let Some(difference) = tools::first_block_difference(&source, &restored) {
+            panic!("point {point}: {file} restored by pg_probackup's rule: {difference}");
+        }
+    }
     r.start();
     let mut restored = tools::cluster_digests(&r);
     // An unlogged table comes back empty.

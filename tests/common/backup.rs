@@ -262,27 +262,20 @@ pub fn user_relation_files(cluster: &Cluster, db: &str, pgdata: &Path) -> Vec<St
 /// The first difference between two files, block by block, if any.
 pub fn first_difference(a: &Path, b: &Path) -> Option<String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let (x, y) = match (read(a), read(b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) | (_, Err(e)) => return Some(e),
-    };
+    match (read(a), read(b)) {
+        (Ok(x), Ok(y)) => first_block_difference(&x, &y)
+            .map(|what| format!("{} and {}: {what}", a.display(), b.display())),
+        (Err(e), _) | (_, Err(e)) => Some(e),
+    }
+}
+
+/// The first difference between two files' contents, block by block.
+pub fn first_block_difference(x: &[u8], y: &[u8]) -> Option<String> {
     if x.len() != y.len() {
-        return Some(format!(
-            "{} has {} bytes, {} has {}",
-            a.display(),
-            x.len(),
-            b.display(),
-            y.len()
-        ));
+        return Some(format!("{} bytes against {}", x.len(), y.len()));
     }
     x.chunks(super::BLCKSZ)
         .zip(y.chunks(super::BLCKSZ))
         .position(|(p, q)| p != q)
-        .map(|block| {
-            format!(
-                "{} and {} differ at block {block}",
-                a.display(),
-                b.display()
-            )
-        })
+        .map(|block| format!("differ at block {block}"))
 }

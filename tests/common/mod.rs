@@ -21,6 +21,7 @@
 //! - `heap_page`: hint bits in heap pages;
 //! - `replica`: standbys and `pg_basebackup` copies;
 //! - `backup`: the `ptrack-backup` tool and PostgreSQL's backup tools;
+//! - `probackup_rule`: a chain of those backups restored by pg_probackup's rule;
 //! - `util`: polling, a seeded RNG, JSON strings, and what the examples'
 //!   command lines share (option values, the date, panic messages).
 
@@ -40,6 +41,7 @@ pub mod log;
 pub mod lsn;
 pub mod mapfile;
 pub mod pagemap;
+pub mod probackup_rule;
 pub mod replica;
 pub mod util;
 pub mod workload;
