@@ -162,8 +162,19 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         // Shared memory was re-created after a process crashed; the live map
         // was not, and it holds every mark up to the crash.
         log!("ptrack: kept the live map across the restart of the server processes");
+        if let Some(map) = shared_map() {
+            forget_side_forks_after_crash(&map);
+        }
         register_final_flush();
     }
+}
+
+/// A process killed between a block's write and its mark leaves nothing that
+/// redo writes again for the forks the WAL does not carry: after a crash they
+/// are reported in full until the next checkpoint. A clean shutdown kills no
+/// process mid-write; a map loaded from its file has forgotten them anyway.
+fn forget_side_forks_after_crash(map: &LsnMap<'_>) {
+    map.forget_side_forks();
 }
 
 fn start_in_shared_memory() {
@@ -256,6 +267,9 @@ fn start_in_live_file(region: *mut u8) {
     match header.resumable(&identity, file_redo) {
         Ok(()) if hook_mode && identity.boot_id != [0; 16] => {
             map.set_flushed_redo(header.base_redo());
+            if verdict.crash_recovery_on.is_some() {
+                forget_side_forks_after_crash(&map);
+            }
             log!(
                 "ptrack: resumed the live map: marks made since the checkpoint at REDO {} survived \
                  the stop (init LSN {})",
@@ -353,6 +367,11 @@ pub fn flush_at_checkpoint() {
     };
     let redo = server::checkpoint_redo();
     check_crash_scan(&map, redo);
+    // A checkpoint, not a restartpoint: its REDO is past every LSN of the WAL
+    // before this start (see `LsnMap::track_side_forks_from`).
+    if settings::active_mode() == Some(TrackingMode::Hooks) && !server::in_recovery() {
+        map.track_side_forks_from(redo);
+    }
     if let Err(error) = persist_map(&map, redo) {
         warning!(
             "ptrack: could not write \"global/{}\": {error}; the map on disk is stale and will be \

@@ -169,6 +169,13 @@ pub fn read_backup_label() -> Option<String> {
     }
 }
 
+/// Whether the server is replaying WAL (a standby, crash recovery, or the
+/// end-of-recovery checkpoint).
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared recovery state; callable from any attached process.
+    unsafe { direct::RecoveryInProgress() }
+}
+
 /// The REDO LSN of the checkpoint or restartpoint in progress (its sync phase
 /// calls the flush hook).
 pub fn checkpoint_redo() -> Lsn {

@@ -25,7 +25,8 @@ enum Variant {
 /// Least number of changed blocks for the workload to count as one.
 const MIN_CHANGED_BLOCKS: u64 = 2_000;
 /// The pagemapset for L may not cover more than this share of the blocks that
-/// did not change (FSM and VM forks, always reported, are about a fifth).
+/// did not change (in WAL mode the FSM and VM forks, reported in full, are
+/// about a fifth).
 const MAX_UNCHANGED_REPORTED_SHARE: f64 = 0.5;
 /// ... nor more than this share of the main forks of a database nobody touched.
 const MAX_REPORTED_SHARE_UNTOUCHED_DB: f64 = 0.1;

@@ -35,11 +35,13 @@ impl Fork {
     ///
     /// The free space map is never WAL-logged, and a visibility-map bit cleared
     /// by a heap change is not WAL-logged on the map page itself: a write of such
-    /// a page after the last map flush, followed by a crash, is not replayed and
-    /// so not marked again. Both forks are tiny (one page per ~4000 and ~32000 heap
-    /// pages), so they are always reported in full, as PostgreSQL's own
-    /// incremental backup does for the free space map.
-    pub fn always_reported_in_full(self) -> bool {
+    /// a page whose mark is lost (after the last map flush, in a crash; or by a
+    /// process killed between its write and its mark) is not replayed and so not
+    /// marked again. These forks are answered block by block only where no mark
+    /// can have been lost ([`crate::LsnMap::file_query`]), and reported in full
+    /// otherwise, as PostgreSQL's own incremental backup does for the free space
+    /// map. Both are tiny (one page per ~4000 and ~32000 heap pages).
+    pub fn not_wal_logged(self) -> bool {
         matches!(self, Fork::FreeSpace | Fork::Visibility)
     }
 }

@@ -43,7 +43,18 @@ pub struct MapState {
     /// WAL mode: the WAL end the follower last read up to; every record that
     /// ends at or before it has been marked.
     wal_read_to: AtomicU64,
+    /// Hook mode: every write of a free-space-map or visibility-map block
+    /// since this LSN has been marked, so those forks are answered block by
+    /// block for start LSNs at or after it; 0 (as in a live file of an older
+    /// version, whose padding this was): reported in full. See
+    /// [`LsnMap::track_side_forks_from`].
+    side_forks_tracked_from: AtomicU64,
 }
+
+// The live file holds a `MapState` of this size (its layout is versioned by
+// `crate::live`'s LIVE_VERSION): a field added within it takes padding an
+// older version left zero, which must mean what zero meant then.
+const _: () = assert!(std::mem::size_of::<MapState>() == 64);
 
 /// A view of a map: its state, slots and cut table, wherever they live.
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +195,41 @@ impl<'a> LsnMap<'a> {
         init.is_valid() && since >= init
     }
 
+    /// Hook mode: from `lsn` on, the map holds a mark of every write of every
+    /// fork, the free space map and visibility map included, and answers for
+    /// them block by block (a no-op if an LSN is already set). Only true where
+    /// no mark since `lsn` can have been lost: the caller passes the REDO of a
+    /// checkpoint (not a restartpoint) completed since the server processes
+    /// last started. Every LSN a backup took before a crash is a durable one,
+    /// so below that REDO; a write whose mark a crash lost happened before the
+    /// restart, so before any backup that starts at or after it.
+    pub fn track_side_forks_from(&self, lsn: Lsn) {
+        let _ = self.state.side_forks_tracked_from.compare_exchange(
+            0,
+            lsn.0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Back to reporting the free space map and visibility map in full, until
+    /// [`LsnMap::track_side_forks_from`]: after a crash, which may have lost
+    /// marks of theirs, and whenever the map is loaded from its file or reset.
+    pub fn forget_side_forks(&self) {
+        self.state
+            .side_forks_tracked_from
+            .store(0, Ordering::Release);
+    }
+
+    pub fn side_forks_tracked_from(&self) -> Lsn {
+        Lsn(self.state.side_forks_tracked_from.load(Ordering::Acquire))
+    }
+
+    fn covers_side_forks(&self, since: Lsn) -> bool {
+        let from = self.side_forks_tracked_from();
+        from.is_valid() && since >= from
+    }
+
     /// Whether `key` may have been written at or after `since`.
     #[inline]
     pub fn changed_since(&self, key: &BlockKey, since: Lsn) -> bool {
@@ -206,7 +252,8 @@ impl<'a> LsnMap<'a> {
     /// A question about many blocks of one relation fork since one LSN, with
     /// the per-file work done once.
     pub fn file_query(&self, file: &RelFileKey, since: Lsn) -> FileQuery<'a> {
-        let everything = file.fork.always_reported_in_full() || !self.covers(since);
+        let everything =
+            !self.covers(since) || (file.fork.not_wal_logged() && !self.covers_side_forks(since));
         let hasher = file.hasher();
         let cut_from = if everything {
             None
@@ -254,7 +301,8 @@ impl<'a> LsnMap<'a> {
     /// backup. The error says so, for the log.
     pub fn record_cut(&self, file: &RelFileKey, length: u32, lsn: Lsn) -> Result<(), CutTableFull> {
         self.mark_cut(file, length, lsn);
-        if file.fork.always_reported_in_full() {
+        // WAL mode reports these forks in full.
+        if file.fork.not_wal_logged() {
             return Ok(());
         }
         self.cuts.record(file, length).inspect_err(|_| {
@@ -358,6 +406,7 @@ impl<'a> LsnMap<'a> {
             slot.store(value, Ordering::Relaxed);
         }
         self.state.init_lsn.store(init_lsn.0, Ordering::Release);
+        self.forget_side_forks();
     }
 
     /// Clears every slot and the init LSN: a new, empty map.
@@ -788,20 +837,71 @@ mod tests {
         assert!(map.changed_since(&key(1, 1), Lsn(79)));
     }
 
+    fn side_fork(fork: Fork) -> RelFileKey {
+        RelFileKey {
+            tablespace: 1663,
+            database: 5,
+            relfilenode: 9,
+            fork,
+        }
+    }
+
     #[test]
-    fn free_space_and_visibility_forks_are_always_reported() {
+    fn free_space_and_visibility_forks_are_reported_in_full_until_tracked() {
         let owned = OwnedLsnMap::new(1 << 10);
         let map = owned.view();
         map.start_tracking_at(Lsn(1));
         for fork in [Fork::FreeSpace, Fork::Visibility] {
-            let file = RelFileKey {
-                tablespace: 1663,
-                database: 5,
-                relfilenode: 9,
-                fork,
-            };
+            let file = side_fork(fork);
             assert!(map.changed_since(&file.block(0), Lsn(u64::MAX)));
             assert!(map.file_query(&file, Lsn(u64::MAX)).reports_everything());
+        }
+        // The main fork is answered block by block all along.
+        assert!(!map.changed_since(&side_fork(Fork::Main).block(0), Lsn(2)));
+    }
+
+    #[test]
+    fn tracked_side_forks_are_answered_block_by_block_from_then_on() {
+        let owned = OwnedLsnMap::new(1 << 10);
+        let map = owned.view();
+        map.start_tracking_at(Lsn(10));
+        map.track_side_forks_from(Lsn(100));
+        // A second call (a later checkpoint) keeps the first LSN.
+        map.track_side_forks_from(Lsn(500));
+        assert_eq!(map.side_forks_tracked_from(), Lsn(100));
+        for fork in [Fork::FreeSpace, Fork::Visibility] {
+            let file = side_fork(fork);
+            map.mark(&file.block(3), Lsn(200));
+            // Before the LSN they are tracked from: everything.
+            assert!(map.file_query(&file, Lsn(99)).reports_everything());
+            assert!(map.changed_since(&file.block(0), Lsn(99)));
+            // From it on: what was marked, and nothing else.
+            for since in [Lsn(100), Lsn(150), Lsn(200)] {
+                assert!(!map.file_query(&file, since).reports_everything());
+                assert!(map.changed_since(&file.block(3), since));
+                assert!(!map.changed_since(&file.block(0), since));
+            }
+            assert!(!map.changed_since(&file.block(3), Lsn(201)));
+        }
+    }
+
+    #[test]
+    fn a_start_a_load_or_a_reset_forgets_the_side_forks() {
+        let owned = OwnedLsnMap::new(1 << 10);
+        let map = owned.view();
+        let file = side_fork(Fork::FreeSpace);
+        let forgetters: [&dyn Fn(&LsnMap<'_>); 3] = [
+            &|m| m.forget_side_forks(),
+            &|m| m.load(Lsn(10), std::iter::repeat(0)),
+            &|m| m.reset(),
+        ];
+        for forget in forgetters {
+            map.start_tracking_at(Lsn(10));
+            map.track_side_forks_from(Lsn(100));
+            assert!(!map.changed_since(&file.block(0), Lsn(100)));
+            forget(&map);
+            assert_eq!(map.side_forks_tracked_from(), Lsn::INVALID);
+            assert!(map.changed_since(&file.block(0), Lsn(100)));
         }
     }
 

@@ -423,7 +423,7 @@ mod tests {
             let expected = file.path.starts_with("base/5") || file.path.starts_with("pg_tblspc");
             let reported =
                 segment_pagemap(&map, &file, Lsn(77), &layout()).map_or(0, |p| p.pagecount);
-            let always = file.key.fork.always_reported_in_full();
+            let always = file.key.fork.not_wal_logged();
             assert_eq!(
                 reported == u64::from(file.blocks),
                 expected || always,

@@ -59,7 +59,7 @@
 //! incremental backup ignores them too), the free space map (not WAL-logged
 //! reliably), and visibility-map bits cleared by heap changes (replayed from
 //! the heap record, not logged on the map page) — ptrack reports those two
-//! forks whole anyway ([`crate::Fork::always_reported_in_full`]). With
+//! forks whole in WAL mode ([`crate::Fork::not_wal_logged`]). With
 //! `wal_level = minimal` the server skips WAL for relations created in the
 //! same transaction; WAL following requires `replica` or higher.
 
