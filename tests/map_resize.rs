@@ -122,6 +122,19 @@ fn map_size_changes_keep_tracking() {
         totals.changed
     );
 
+    let old = std::fs::read(snap_a.join(&cut_path)).expect("older copy");
+    let regrown = std::fs::read(snap_b.join(&cut_path)).expect("newer copy");
+    let zero_over_old = (0..regrown.len() / common::BLCKSZ)
+        .filter(|&b| {
+            let range = b * common::BLCKSZ..(b + 1) * common::BLCKSZ;
+            regrown[range.clone()].iter().all(|&x| x == 0)
+                && old.get(range).is_some_and(|p| p.iter().any(|&x| x != 0))
+        })
+        .count();
+    eprintln!(
+        "[{name}] {cut_path}: zero blocks over old content after the regrowth: {zero_over_old}"
+    );
+
     let label = format!("{name} since L2");
     let report = checker::compare(&a2.dir, &snap_b, &c.pagemapset(a2.lsn));
     eprintln!("{}", report.summary(&label));
