@@ -12,6 +12,7 @@
 //! last checkpoint rely on redo after a crash.
 
 mod live_file;
+mod resize;
 mod verify;
 
 use std::path::PathBuf;
@@ -218,13 +219,20 @@ fn start_verdict() -> Option<MapFileVerdict> {
 /// verdict says. In WAL mode the follower starts a new map where it starts
 /// reading, never below the verdict's floor.
 fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
-    match &verdict.file {
-        Some(file) => {
+    let loaded = match (&verdict.file, &verdict.resized) {
+        (Some(file), _) => {
             load(map, file);
+            Some(*file.meta())
+        }
+        (None, Some(old)) => resize::carry_over_resized(map, old),
+        (None, None) => None,
+    };
+    match loaded {
+        Some(meta) => {
             if let (Some(timeline), Some(TrackingMode::Hooks)) =
                 (verdict.crash_recovery_on, settings::active_mode())
             {
-                mark_what_recovery_replays(map, file.meta().checkpoint_redo, timeline, verdict);
+                mark_what_recovery_replays(map, meta.checkpoint_redo, timeline, verdict);
             }
         }
         None => {
@@ -260,7 +268,14 @@ fn start_in_live_file(region: *mut u8) {
             }
         }
     };
-    let file_redo = verdict.file.as_ref().map(|f| f.meta().checkpoint_redo);
+    // A live map started from a resized file continues it as well: after an
+    // immediate stop before the first checkpoint at the new size, the old
+    // file is still the one on disk, and the live map holds its answers.
+    let file_redo = match (&verdict.file, &verdict.resized) {
+        (Some(file), _) => Some(file.meta().checkpoint_redo),
+        (None, Some(old)) => Some(old.meta().checkpoint_redo),
+        (None, None) => None,
+    };
     // In WAL mode the follower reads again from the file's position whatever
     // the live map holds beyond it: resuming would gain nothing.
     let hook_mode = settings::active_mode() == Some(TrackingMode::Hooks);

@@ -1,6 +1,7 @@
 //! The on-disk map `global/ptrack.map`: its layout, its survival across clean
-//! restarts, and that any damaged, foreign, stale or mis-sized map is discarded
-//! (tracking restarts from a new init LSN) instead of giving partial answers.
+//! restarts, and that any damaged, foreign or stale map is discarded (tracking
+//! restarts from a new init LSN) instead of giving partial answers; a map of
+//! another size is carried over (see also `map_resize.rs`) only when sound.
 
 mod common;
 
@@ -303,34 +304,62 @@ fn map_size_changes() {
     let known = create_known_table(&c);
     assert_eq!(c.query_one("SHOW ptrack.map_size"), "16MB");
 
-    // 16 -> 8 MB: the old file has the wrong size.
+    // 16 -> 8 MB: the old file, verified at its own size, is carried over.
     c.set_conf("ptrack.map_size", "8");
     let old_init = c.init_lsn();
-    let mid = c.wal_insert_lsn();
+    let mid = Lsn(c.wal_insert_lsn().0 - 1);
     c.stop(StopMode::Fast);
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        ptrack_warnings(&log).is_empty(),
+        "map_size 16 -> 8: WARNINGs:\n{log}"
+    );
+    assert!(
+        log.contains("ptrack: map resized from 16 to 8 MB: carried over"),
+        "map_size 16 -> 8: no LOG line of the carry-over:\n{log}"
+    );
+    assert_eq!(c.query_one("SHOW ptrack.map_size"), "8MB");
+    assert_eq!(c.init_lsn(), old_init, "init LSN after map_size 16 -> 8");
+    assert!(
+        c.pagemapset(mid).get(&known.0).is_none(),
+        "the untouched table is reported for {mid} after map_size 16 -> 8"
+    );
+    c.psql("CHECKPOINT;");
+    read_valid_map(&c, 8);
+
+    // 8 -> 16 MB with a damaged 8 MB file: verified like one of the right
+    // size, so discarded.
+    let mid = Lsn(c.wal_insert_lsn().0 - 1);
+    c.stop(StopMode::Fast);
+    let mut b = fs::read(c.map_path()).expect("read map");
+    let crc_at = b.len() - TRAILER_LEN;
+    b[crc_at] ^= 0x80;
+    fs::write(c.map_path(), &b).expect("write map");
+    c.set_conf("ptrack.map_size", &MAP_SIZE_MB.to_string());
     let mark = c.log_mark();
     c.start();
     let log = c.log_since(mark);
     assert!(
         ptrack_warnings(&log)
             .iter()
-            .any(|w| w.contains("ptrack:") && w.to_lowercase().contains("discard")),
-        "map_size 16 -> 8: no discard WARNING:\n{log}"
+            .any(|w| w.contains("ptrack:") && w.contains("discard") && w.contains("CRC")),
+        "map_size 8 -> 16 with a damaged file: no discard WARNING:\n{log}"
     );
-    assert_eq!(c.query_one("SHOW ptrack.map_size"), "8MB");
-    let init8 = c.init_lsn();
+    let init_damaged = c.init_lsn();
     assert!(
-        init8 > old_init && init8 > mid,
-        "init LSN {old_init} -> {init8}, mid {mid}"
+        init_damaged > old_init && init_damaged > mid,
+        "init LSN {old_init} -> {init_damaged}, mid {mid}"
     );
     assert_reports_all(
         &c.pagemapset(mid),
         &known.0,
         known.1,
-        "after map_size 16 -> 8",
+        "after map_size 8 -> 16 with a damaged file",
     );
     c.psql("CHECKPOINT;");
-    read_valid_map(&c, 8);
+    read_valid_map(&c, MAP_SIZE_MB);
 
     // 0: tracking off, functions raise errors, map files removed.
     c.stop(StopMode::Fast);
@@ -387,8 +416,8 @@ fn map_size_changes() {
     );
     let init16 = c.init_lsn();
     assert!(
-        init16 > init8 && init16 > mid,
-        "init LSN {init8} -> {init16}, last REDO {mid}"
+        init16 > init_damaged && init16 > mid,
+        "init LSN {init_damaged} -> {init16}, last REDO {mid}"
     );
     assert_reports_all(
         &c.pagemapset(mid),

@@ -265,15 +265,7 @@ fn a_truncated_relation_grown_back_by_zero_blocks_is_reported() {
     c.start();
     let report = common::checker::compare(&snap_a, &snap_b, &c.pagemapset(l));
     eprintln!("{}", report.summary(name));
-    let old = std::fs::read(snap_a.join(&path)).expect("older copy");
-    let new = std::fs::read(snap_b.join(&path)).expect("newer copy");
-    let zero_over_old = (0..new.len() / common::BLCKSZ)
-        .filter(|&b| {
-            let range = b * common::BLCKSZ..(b + 1) * common::BLCKSZ;
-            new[range.clone()].iter().all(|&x| x == 0)
-                && old.get(range).is_some_and(|p| p.iter().any(|&x| x != 0))
-        })
-        .count();
+    let zero_over_old = common::checker::zero_blocks_over_old(&snap_a, &snap_b, &path);
     eprintln!("[{name}] zero blocks over old content: {zero_over_old}");
     let major: u32 = c
         .query_one("SHOW server_version_num")

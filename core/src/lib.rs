@@ -8,6 +8,7 @@
 //! * [`cuts`]: the forks cut or created since the map began, for WAL mode.
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
 //! * [`relfile`]: relation file names and data-directory paths.
+//! * [`resize`]: carrying a map of another size (`ptrack.map_size` changed) over.
 //! * [`startup`]: where a new map's knowledge starts (its init LSN).
 //! * [`walk`]: the data-directory walk that turns the map into per-segment page maps.
 //! * [`wal`]: the WAL decoder that lets a tracker follow an unpatched server's WAL.
@@ -21,6 +22,7 @@ pub mod lsn;
 pub mod map;
 pub mod mapfile;
 pub mod relfile;
+pub mod resize;
 pub mod startup;
 pub mod wal;
 pub mod walk;

@@ -16,7 +16,7 @@ use crate::cuts::{CutTable, CutTableFull};
 use crate::lsn::Lsn;
 
 /// Levels of dyadic ranges over 32-bit block numbers, the whole space last.
-const CUT_LEVELS: u32 = 32;
+pub(crate) const CUT_LEVELS: u32 = 32;
 /// Range lookups one cut search may make: a true cut's chain takes 33; the
 /// rest is for ranges marked by collisions.
 const CUT_SEARCH_BUDGET: u32 = 256;
@@ -86,7 +86,11 @@ fn raise(slot: &AtomicU64, lsn: u64) {
 impl<'a> LsnMap<'a> {
     /// A view of `words` ([`LsnMap::word_count`]`(slot_count)` of them)
     /// governed by `state`. There must be at least one slot.
-    fn over_words(state: &'a MapState, words: &'a [AtomicU64], slot_count: usize) -> Option<Self> {
+    pub fn over_words(
+        state: &'a MapState,
+        words: &'a [AtomicU64],
+        slot_count: usize,
+    ) -> Option<Self> {
         if slot_count == 0 || words.len() != Self::word_count(slot_count) {
             return None;
         }
@@ -530,6 +534,12 @@ impl FileQuery<'_> {
     /// True when every block of the file is reported regardless of the slots.
     pub fn reports_everything(&self) -> bool {
         self.everything
+    }
+
+    /// The block from which on every block is reported (the fork was cut or
+    /// created since), if any.
+    pub fn reported_from(&self) -> Option<u32> {
+        u32::try_from(self.cut_from).ok()
     }
 }
 

@@ -109,25 +109,73 @@ pub fn segment_files_in(
     let absolute_dir = pgdata.join(&relative_dir);
     let mut files = Vec::new();
     for name in file_names_sorted(&absolute_dir)? {
-        let Some(parsed) = parse_relation_file_name(&name) else {
-            continue;
-        };
-        let len = match fs::metadata(absolute_dir.join(&name)) {
-            Ok(metadata) if metadata.is_file() => metadata.len(),
-            Ok(_) => continue,
-            // Dropped or truncated away since the listing.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(error),
-        };
-        let blocks = len.div_ceil(u64::from(layout.block_size));
-        files.push(SegmentFile {
-            path: format!("{relative_dir}/{name}"),
-            key: dir.file_key(&parsed),
-            segment: parsed.segment,
-            blocks: u32::try_from(blocks).unwrap_or(u32::MAX),
-        });
+        files.extend(segment_file(
+            &absolute_dir,
+            &relative_dir,
+            dir,
+            &name,
+            layout,
+        )?);
     }
     Ok(files)
+}
+
+/// The segment file `name` of database directory `dir`, if it is one and
+/// still exists.
+fn segment_file(
+    absolute_dir: &Path,
+    relative_dir: &str,
+    dir: &DatabaseDir,
+    name: &str,
+    layout: &Layout,
+) -> io::Result<Option<SegmentFile>> {
+    let Some(parsed) = parse_relation_file_name(name) else {
+        return Ok(None);
+    };
+    let len = match fs::metadata(absolute_dir.join(name)) {
+        Ok(metadata) if metadata.is_file() => metadata.len(),
+        Ok(_) => return Ok(None),
+        // Dropped or truncated away since the listing.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let blocks = len.div_ceil(u64::from(layout.block_size));
+    Ok(Some(SegmentFile {
+        path: format!("{relative_dir}/{name}"),
+        key: dir.file_key(&parsed),
+        segment: parsed.segment,
+        blocks: u32::try_from(blocks).unwrap_or(u32::MAX),
+    }))
+}
+
+/// Every relation segment file of the cluster, one at a time and in no
+/// particular order: memory stays bounded however many files a directory
+/// holds (only the list of database directories is collected).
+pub fn stream_segment_files<'a>(
+    pgdata: &'a Path,
+    layout: &'a Layout,
+) -> io::Result<impl Iterator<Item = io::Result<SegmentFile>> + 'a> {
+    let dirs = database_dirs(pgdata, layout)?;
+    Ok(dirs.into_iter().flat_map(move |dir| {
+        let relative_dir = dir.relative_path(&layout.tablespace_version_dir);
+        let absolute_dir = pgdata.join(&relative_dir);
+        let entries: Box<dyn Iterator<Item = io::Result<fs::DirEntry>>> =
+            match fs::read_dir(&absolute_dir) {
+                Ok(entries) => Box::new(entries),
+                // A database or tablespace dropped during the walk.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    Box::new(std::iter::empty())
+                }
+                Err(error) => Box::new(std::iter::once(Err(error))),
+            };
+        entries.filter_map(move |entry| {
+            let name = match entry {
+                Ok(entry) => entry.file_name().into_string().ok()?,
+                Err(error) => return Some(Err(error)),
+            };
+            segment_file(&absolute_dir, &relative_dir, &dir, &name, layout).transpose()
+        })
+    }))
 }
 
 /// Every relation segment file of the cluster, in path order per directory.
@@ -356,6 +404,19 @@ mod tests {
                 fork: Fork::Main
             }
         );
+    }
+
+    #[test]
+    fn the_stream_lists_what_the_sorted_walk_lists() {
+        let dir = data_dir("stream");
+        let mut streamed: Vec<SegmentFile> = stream_segment_files(&dir.0, &layout())
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap();
+        streamed.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut sorted = segment_files(&dir.0, &layout()).unwrap();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(streamed, sorted);
     }
 
     #[test]

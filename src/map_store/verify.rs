@@ -5,6 +5,7 @@ use std::fs::File;
 
 use pgrx::prelude::*;
 use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
+use ptrack_core::resize::{self, OldMapFile};
 use ptrack_core::startup::{new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::Lsn;
 
@@ -14,6 +15,9 @@ use crate::{server, settings};
 /// starts; `None` when tracking cannot start at all.
 pub struct MapFileVerdict {
     pub file: Option<VerifiedMapFile<memmap2::Mmap>>,
+    /// A map file of another size (`ptrack.map_size` changed) that passed
+    /// every other check: its answers are carried into the new map.
+    pub resized: Option<OldMapFile>,
     pub new_map: NewMapStart,
     /// The server did not shut down cleanly: crash recovery will replay the
     /// WAL from the latest checkpoint, on this timeline.
@@ -77,29 +81,45 @@ pub fn verified_map_file(slot_count: usize) -> Option<MapFileVerdict> {
         mode,
     };
     let path = global.join(name);
-    let file = match mapfile::open_verified(&path, &expect) {
+    let mut resized = None;
+    let rejected = match mapfile::open_verified(&path, &expect) {
+        Ok(file) => Ok(file),
+        Err(MapFileError::WrongSlotCount { .. }) => match resize::open_resized(&path, &expect) {
+            Ok(old) => {
+                resized = Some(old);
+                Err(None)
+            }
+            Err(error) => Err(Some(error)),
+        },
+        Err(error) => Err(Some(error)),
+    };
+    let file = match rejected {
         Ok(file) => Some(file),
-        Err(MapFileError::Missing) => {
+        Err(Some(MapFileError::Missing)) => {
             warning!(
                 "ptrack: map file \"global/{name}\" not found; starting a new map: changes before its init LSN are unknown"
             );
             None
         }
         Err(error) => {
-            if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
-                warning!("{text}");
+            if let Some(error) = error {
+                if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
+                    warning!("{text}");
+                }
+                warning!(
+                    "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
+                );
             }
-            warning!(
-                "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
-            );
             // After pg_rewind or a restore, LSNs the old map saw may lie ahead
-            // of everything this server will replay first.
+            // of everything this server will replay first. A resized map that
+            // cannot be carried over after all starts a new map above it too.
             facts.rejected_map_highest = recorded_highest(&path, control.system_identifier);
             None
         }
     };
     Some(MapFileVerdict {
         file,
+        resized,
         new_map: new_map_start(&facts),
         crash_recovery_on: (!control.cleanly_shut_down).then_some(control.timeline),
         system_identifier: control.system_identifier,

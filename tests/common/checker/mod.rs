@@ -231,6 +231,21 @@ fn page_lsn(page: &[u8]) -> Option<[u8; 8]> {
     page.get(0..8).map(|lsn| lsn.try_into().expect("8 bytes"))
 }
 
+/// Blocks of the file `path` that are all zeros in the copy `newer` where the
+/// copy `older` holds content: what a relation grown back by zero blocks
+/// over a truncation leaves.
+pub fn zero_blocks_over_old(older: &Path, newer: &Path, path: &str) -> usize {
+    let old = fs::read(older.join(path)).expect("older copy");
+    let new = fs::read(newer.join(path)).expect("newer copy");
+    (0..new.len() / BLCKSZ)
+        .filter(|&b| {
+            let range = b * BLCKSZ..(b + 1) * BLCKSZ;
+            new[range.clone()].iter().all(|&x| x == 0)
+                && old.get(range).is_some_and(|p| p.iter().any(|&x| x != 0))
+        })
+        .count()
+}
+
 /// Compares every relation file of `newer` with the same path in `older`
 /// against `pagemap` (the pagemapset for the REDO LSN of `older`).
 pub fn compare(older: &Path, newer: &Path, pagemap: &PageMapSet) -> Report {
