@@ -205,6 +205,9 @@ fn immediate_stops_at_random_moments() {
         std::thread::sleep(Duration::from_millis(sleep_ms));
         let in_flush = c.temp_map_path().exists();
         during_flush += u32::from(in_flush);
+        // Before the kill: the postmaster may log the backend's death before
+        // kill_a_backend returns.
+        let mark = c.log_mark();
         // One crash in four kills a backend instead: the postmaster then ends
         // every process and re-creates shared memory by itself.
         let killed = if rng.chance(0.25) {
@@ -212,7 +215,6 @@ fn immediate_stops_at_random_moments() {
         } else {
             None
         };
-        let mark = c.log_mark();
         if killed.is_some() {
             assert!(
                 c.wait_ready(Duration::from_secs(120)),
