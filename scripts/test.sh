@@ -60,7 +60,7 @@ if [ "${PTRACK_TEST_SEGSIZE:-1}" = 1 ]; then
 fi
 if [ "${PTRACK_TEST_WAL:-1}" = 1 ]; then
 	wal_tests=(--test cold_copy --test sql_api --test standby --test wal_mode --test init_lsn
-		--test backup_chain --test wal_follower_errors --test chain_rule)
+		--test backup_chain --test wal_follower_errors --test chain_rule --test map_resize)
 	run_suite wal 15 debian "${wal_tests[@]}"
 	run_suite wal 17 test "${wal_tests[@]}"
 fi
