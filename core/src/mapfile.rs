@@ -532,6 +532,20 @@ pub fn open_verified(
     verify(mmap, expect)
 }
 
+/// What the tests expect of a hook-mode file of a clean cluster whose latest
+/// checkpoint has REDO 0x5000.
+#[cfg(test)]
+pub(crate) fn hook_mode_expectation(system_identifier: u64, slot_count: u64) -> Expectation {
+    Expectation {
+        system_identifier,
+        slot_count,
+        latest_checkpoint_redo: Lsn(0x5000),
+        data_checksum_version: 1,
+        backup_label_present: false,
+        mode: TrackingMode::Hooks,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,14 +575,7 @@ mod tests {
     }
 
     fn expect(slot_count: u64) -> Expectation {
-        Expectation {
-            system_identifier: SYSID,
-            slot_count,
-            latest_checkpoint_redo: Lsn(0x5000),
-            data_checksum_version: 1,
-            backup_label_present: false,
-            mode: TrackingMode::Hooks,
-        }
+        hook_mode_expectation(SYSID, slot_count)
     }
 
     fn image(values: &[u64]) -> Vec<u8> {

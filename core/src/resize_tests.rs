@@ -1,7 +1,6 @@
 use super::*;
 use crate::block::Fork;
 use crate::map::OwnedLsnMap;
-use crate::mapfile::TrackingMode;
 
 const SEGMENT_BLOCKS: u32 = 8;
 
@@ -216,14 +215,7 @@ mod file {
     const SYSID: u64 = 7_300_000_000_000_000_042;
 
     fn expect(slot_count: u64) -> Expectation {
-        Expectation {
-            system_identifier: SYSID,
-            slot_count,
-            latest_checkpoint_redo: Lsn(0x5000),
-            data_checksum_version: 1,
-            backup_label_present: false,
-            mode: TrackingMode::Hooks,
-        }
+        crate::mapfile::hook_mode_expectation(SYSID, slot_count)
     }
 
     fn write(dir: &Path, map: &LsnMap<'_>, system_identifier: u64) {
