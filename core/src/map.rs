@@ -416,6 +416,14 @@ impl<'a> LsnMap<'a> {
     /// Clears every slot and the init LSN: a new, empty map.
     pub fn reset(&self) {
         self.load(Lsn::INVALID, std::iter::repeat(0));
+        self.reset_state();
+    }
+
+    /// Clears the state but leaves the words, for a map whose every word is
+    /// about to be replaced by [`LsnMap::load`] (a gigabyte not written twice).
+    pub fn reset_state(&self) {
+        self.state.init_lsn.store(0, Ordering::Release);
+        self.forget_side_forks();
         self.state.flushed_redo.store(0, Ordering::Release);
         self.state.init_floor.store(0, Ordering::Release);
         self.state.wal_tracked_through.store(0, Ordering::Release);

@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::cuts::CutTable;
 use crate::lsn::Lsn;
 
+mod load;
+pub use load::{open_header_verified, HeaderVerifiedMapFile};
+
 pub const MAGIC: [u8; 8] = *b"PTRACKMP";
 /// Version 2: the layout above and the hash of [`crate::block`]. Version 1
 /// had no cut table.
@@ -376,6 +379,20 @@ pub fn verify<B: AsRef<[u8]>>(
     expect: &Expectation,
 ) -> Result<VerifiedMapFile<B>, MapFileError> {
     let data = bytes.as_ref();
+    check_length(data, expect)?;
+    let crc_at = data.len() - TRAILER_LEN;
+    let stored = u32_at(data, crc_at);
+    let computed = crc32fast::hash(&data[..crc_at]);
+    if stored != computed {
+        return Err(MapFileError::ChecksumMismatch { stored, computed });
+    }
+    let meta = check_header(data, expect)?;
+    Ok(VerifiedMapFile { bytes, meta })
+}
+
+/// The file's length is that of a map of `expect.slot_count` slots; where it
+/// is not, the error names the likelier cause.
+fn check_length(data: &[u8], expect: &Expectation) -> Result<(), MapFileError> {
     let expected_len = file_len(expect.slot_count);
     let wrong_length = || MapFileError::WrongLength {
         found: data.len() as u64,
@@ -399,12 +416,18 @@ pub fn verify<B: AsRef<[u8]>>(
             },
         );
     }
+    Ok(())
+}
+
+/// Every check but the CRC, on an image of the right length: the header's
+/// fields against `expect`, and the zero padding.
+fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFileError> {
     let crc_at = data.len() - TRAILER_LEN;
-    let stored = u32_at(data, crc_at);
-    let computed = crc32fast::hash(&data[..crc_at]);
-    if stored != computed {
-        return Err(MapFileError::ChecksumMismatch { stored, computed });
-    }
+    let expected_len = file_len(expect.slot_count);
+    let wrong_length = || MapFileError::WrongLength {
+        found: data.len() as u64,
+        expected: expected_len,
+    };
     if data[0..8] != MAGIC {
         return Err(MapFileError::BadMagic);
     }
@@ -468,7 +491,7 @@ pub fn verify<B: AsRef<[u8]>>(
     if expect.backup_label_present {
         return Err(MapFileError::RestoredOrRewound);
     }
-    Ok(VerifiedMapFile { bytes, meta })
+    Ok(meta)
 }
 
 /// The highest LSN an intact map file (CRC, magic and version good) of the
@@ -512,6 +535,12 @@ pub fn open_verified(
     path: &Path,
     expect: &Expectation,
 ) -> Result<VerifiedMapFile<memmap2::Mmap>, MapFileError> {
+    verify(map_read_only(path, expect)?, expect)
+}
+
+/// Memory-maps `path` for reading; a file too short to be a map is refused
+/// here, since an empty file cannot be mapped.
+fn map_read_only(path: &Path, expect: &Expectation) -> Result<memmap2::Mmap, MapFileError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(MapFileError::Missing),
@@ -528,8 +557,7 @@ pub fn open_verified(
     // SAFETY: the map is only read, and only PostgreSQL's checkpointer writes
     // this path, by renaming a new file over it: the mapped inode itself is
     // never modified while we read it.
-    let mmap = unsafe { memmap2::Mmap::map(&file)? };
-    verify(mmap, expect)
+    Ok(unsafe { memmap2::Mmap::map(&file)? })
 }
 
 /// What the tests expect of a hook-mode file of a clean cluster whose latest
