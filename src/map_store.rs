@@ -22,14 +22,14 @@ use std::sync::OnceLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use ptrack_core::live::{LiveHeader, LiveIdentity};
-use ptrack_core::mapfile::{self, MapFileMeta, TrackingMode, VerifiedMapFile};
+use ptrack_core::mapfile::{self, HeaderVerifiedMapFile, MapFileMeta, TrackingMode};
 use ptrack_core::startup;
 use ptrack_core::{Lsn, LsnMap};
 
 use crate::{server, settings, wal_marks};
 pub use live_file::live_file_path;
 use live_file::{attach_live_file, live_identity, LIVE_HEADER_BYTES};
-use verify::{verified_map_file, MapFileVerdict};
+use verify::{verified_map_file, warn_discarded, MapFileVerdict};
 
 /// Start of the map region, or null while there is none (tracking off, or
 /// before shared memory exists). Set in the postmaster and inherited by every
@@ -220,10 +220,7 @@ fn start_verdict() -> Option<MapFileVerdict> {
 /// reading, never below the verdict's floor.
 fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
     let loaded = match (&verdict.file, &verdict.resized) {
-        (Some(file), _) => {
-            load(map, file);
-            Some(*file.meta())
-        }
+        (Some(file), _) => load(map, file).then(|| *file.meta()),
         (None, Some(old)) => resize::carry_over_resized(map, old),
         (None, None) => None,
     };
@@ -302,7 +299,13 @@ fn start_in_live_file(region: *mut u8) {
                     file_redo.unwrap_or(Lsn::INVALID),
                 ));
             }
-            map.reset();
+            // A file to load replaces every word (or empties the map if its
+            // CRC fails): only the state needs clearing for it.
+            if verdict.file.is_some() {
+                map.reset_state();
+            } else {
+                map.reset();
+            }
             start_map(&map, &verdict);
         }
     }
@@ -440,9 +443,11 @@ fn register_final_flush() {
 /// At the postmaster's exit after a clean shutdown, writes the map once more,
 /// stamped with pg_control's latest checkpoint: a standby skips its shutdown
 /// restartpoint when no checkpoint record arrived since the last one, and then
-/// no flush would carry the marks made since. Afterwards the live file is
-/// not needed and gives its memory back. After an immediate stop nothing
-/// happens here and the live file stays for the next start.
+/// no flush would carry the marks made since. In hook mode the live file
+/// then stays, holding exactly what the file holds, so that the next start
+/// resumes it without reading the map file (a switchover's restart costs no
+/// map read); WAL mode never resumes a live map and gives its memory back.
+/// After an immediate stop nothing happens here and the live file stays.
 #[pg_guard]
 unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     let Ok(control) = server::read_control_file() else {
@@ -466,8 +471,10 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     };
     match written {
         Ok(()) => {
-            if let Some(path) = LIVE_PATH.get() {
-                let _ = std::fs::remove_file(path);
+            if settings::active_mode() != Some(TrackingMode::Hooks) {
+                if let Some(path) = LIVE_PATH.get() {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
         Err(error) => {
@@ -476,8 +483,14 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
     }
 }
 
-fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
-    map.load(file.meta().init_lsn, file.words());
+/// Loads a map file whose header passed every check; `false`, with the
+/// map left empty and a WARNING, when its words fail their CRC.
+fn load(map: &LsnMap<'_>, file: &HeaderVerifiedMapFile<memmap2::Mmap>) -> bool {
+    let mode = file.meta().mode();
+    if let Err(error) = file.load_into(map) {
+        warn_discarded(&error, mode);
+        return false;
+    }
     map.set_flushed_redo(file.meta().checkpoint_redo);
     map.set_wal_tracked_through(file.meta().wal_tracked_through);
     let meta = file.meta();
@@ -492,4 +505,5 @@ fn load(map: &LsnMap<'_>, file: &VerifiedMapFile<memmap2::Mmap>) {
         meta.init_lsn,
         backing()
     );
+    true
 }

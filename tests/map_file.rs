@@ -215,6 +215,14 @@ fn damage_map(c: &Cluster, kind: Damage) {
     // Rewrite in place: the file keeps its owner.
     fs::write(&path, &b).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     chown_to_server(&path);
+    if matches!(kind, Damage::SlotBitFlip | Damage::CrcBitFlip) {
+        // Only the header decides whether a live map kept by the clean stop
+        // is resumed (see `body_damage_under_a_kept_live_map_is_rewritten`):
+        // the words are read, and their CRC checked, after a reboot.
+        if let Some(live) = c.live_map_file() {
+            fs::remove_file(&live).unwrap_or_else(|e| panic!("rm {}: {e}", live.display()));
+        }
+    }
 }
 
 #[test]
@@ -261,6 +269,80 @@ fn clean_restart_keeps_the_map() {
         set.get(&other).is_some_and(|m| m.is_set(0)),
         "table 'other' written after {mid} is not reported after the restart"
     );
+
+    // The same from the map file alone, as after a reboot: a clean stop
+    // keeps the live map in hook mode, and a start resumes it instead.
+    c.stop(StopMode::Fast);
+    if let Some(live) = c.live_map_file() {
+        fs::remove_file(&live).expect("remove the live map");
+    }
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        log.contains("ptrack: loaded map") && ptrack_warnings(&log).is_empty(),
+        "the map file was not loaded cleanly without a live map:\n{log}"
+    );
+    assert_eq!(c.init_lsn(), init, "init LSN after loading the map file");
+    let set = c.pagemapset(mid);
+    assert!(
+        set.get(&known_path).is_none() && set.get(&other).is_some_and(|m| m.is_set(0)),
+        "the map loaded from its file answers otherwise than before"
+    );
+}
+
+/// A clean stop keeps the live map in hook mode, and the next start resumes
+/// it on the strength of the map file's header alone: words damaged on disk
+/// are never read, and the next checkpoint writes them anew. Without a kept
+/// live map (WAL mode, no tmpfs) the file is loaded, and the damage found.
+#[test]
+fn body_damage_under_a_kept_live_map_is_rewritten() {
+    let mut c = new_cluster("map_body_damage");
+    c.start();
+    let known = create_known_table(&c);
+    let mid = Lsn(c.wal_insert_lsn().0 - 1);
+    let init = c.init_lsn();
+    let live_while_running = c.live_map_file().is_some();
+    c.stop(StopMode::Fast);
+    if live_while_running && common::tracking_mode() == "hooks" {
+        assert!(
+            c.live_map_file().is_some(),
+            "hook mode: the clean stop removed the live map"
+        );
+    }
+    if c.live_map_file().is_none() {
+        eprintln!("no live map kept by the clean stop: the damaged file must be discarded");
+        c.start();
+        expect_discard(&mut c, &known, "SlotBitFlip, no live map", true, |c| {
+            damage_map(c, Damage::SlotBitFlip)
+        });
+        return;
+    }
+    let path = c.map_path();
+    let mut b = fs::read(&path).expect("read map");
+    let off = HEADER_LEN + 8 * (slot_count(MAP_SIZE_MB) as usize / 2);
+    b[off] ^= 0x10;
+    fs::write(&path, &b).expect("write map");
+    chown_to_server(&path);
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        log.contains("ptrack: resumed the live map"),
+        "the live map kept by the clean stop was not resumed:\n{log}"
+    );
+    assert!(
+        ptrack_warnings(&log).is_empty(),
+        "resuming over a damaged map file logged WARNINGs:\n{log}"
+    );
+    assert_eq!(c.init_lsn(), init, "init LSN after resuming");
+    assert!(
+        c.pagemapset(mid).get(&known.0).is_none(),
+        "the untouched table is reported for {mid} after resuming"
+    );
+    c.psql("CHECKPOINT;");
+    let h = read_valid_map(&c, MAP_SIZE_MB);
+    assert_eq!(h.init_lsn, init, "init LSN in the rewritten map file");
 }
 
 #[test]

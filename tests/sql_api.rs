@@ -287,6 +287,42 @@ fn side_forks_are_reported_in_full_until_a_checkpoint_after_a_crash() {
         forks[0].1,
         "fsm fork since before the crash",
     );
+    // A clean stop kills no process between a write and its mark: the live
+    // map it keeps (hook mode, tmpfs) is resumed still answering block by
+    // block. A map loaded from its file, as after a reboot, starts over.
+    let live_while_running = c.live_map_file().is_some();
+    c.stop(StopMode::Fast);
+    let mark = c.log_mark();
+    c.start();
+    let resumed = c.log_since(mark).contains("ptrack: resumed the live map");
+    assert!(
+        resumed || !live_while_running,
+        "a clean restart did not resume the live map kept in tmpfs"
+    );
+    let set = c.pagemapset(after_checkpoint);
+    for (fork, n) in forks {
+        let name = format!("{path}_{fork}");
+        if resumed {
+            assert_not_reported(&set, &name);
+        } else {
+            eprintln!("no live map kept over the clean stop (no tmpfs)");
+            assert_all_blocks(&set, &name, n, &format!("{fork} fork, map loaded"));
+        }
+    }
+    c.stop(StopMode::Fast);
+    if let Some(live) = c.live_map_file() {
+        std::fs::remove_file(&live).expect("remove the live map");
+    }
+    c.start();
+    let set = c.pagemapset(after_checkpoint);
+    for (fork, n) in forks {
+        assert_all_blocks(
+            &set,
+            &format!("{path}_{fork}"),
+            n,
+            &format!("{fork} fork, since {after_checkpoint}, map loaded from its file"),
+        );
+    }
     c.stop(StopMode::Fast);
 }
 

@@ -95,8 +95,13 @@ fn refused(path: &std::path::Path, why: String) -> std::io::Error {
 }
 
 /// Allocates the file's blocks now: a write to a hole of a full tmpfs would
-/// raise SIGBUS inside a critical section.
+/// raise SIGBUS inside a critical section. A file whose every block is
+/// allocated already (a live map kept for resuming) has no hole: walking
+/// its gigabyte of pages again would be most of a resumed start's cost.
 fn reserve(file: &File, bytes: usize) -> std::io::Result<()> {
+    if file.metadata()?.blocks().saturating_mul(512) >= bytes as u64 {
+        return Ok(());
+    }
     // SAFETY: a plain system call on an open descriptor.
     let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
     match result {

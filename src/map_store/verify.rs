@@ -4,17 +4,19 @@
 use std::fs::File;
 
 use pgrx::prelude::*;
-use ptrack_core::mapfile::{self, Expectation, MapFileError, TrackingMode, VerifiedMapFile};
+use ptrack_core::mapfile::{self, Expectation, HeaderVerifiedMapFile, MapFileError, TrackingMode};
 use ptrack_core::resize::{self, OldMapFile};
 use ptrack_core::startup::{new_map_start, BackupLabel, NewMapStart, StartFacts};
 use ptrack_core::Lsn;
 
 use crate::{server, settings};
 
-/// The map file at start if every check passes, and otherwise how a new map
-/// starts; `None` when tracking cannot start at all.
+/// The map file at start if every check of its header passes, and otherwise
+/// how a new map starts; `None` when tracking cannot start at all.
 pub struct MapFileVerdict {
-    pub file: Option<VerifiedMapFile<memmap2::Mmap>>,
+    /// Its words are checked against the CRC only if they are loaded: a
+    /// resumed live map needs none of them.
+    pub file: Option<HeaderVerifiedMapFile<memmap2::Mmap>>,
     /// A map file of another size (`ptrack.map_size` changed) that passed
     /// every other check: its answers are carried into the new map.
     pub resized: Option<OldMapFile>,
@@ -27,9 +29,11 @@ pub struct MapFileVerdict {
     pub data_checksum_version: u32,
 }
 
-/// Reads `global/pg_control`, `backup_label` and the map file of a map of
-/// `slot_count` slots, and returns the map file if every check passes;
-/// otherwise logs a WARNING saying why it is discarded.
+/// Reads `global/pg_control`, `backup_label` and the header of the map file
+/// of a map of `slot_count` slots, and returns the map file if every check of
+/// its header passes; otherwise logs a WARNING saying why it is discarded. A
+/// new map started because the CRC fails during the load starts as one
+/// started here for a damaged file would: a damaged file raises no floor.
 pub fn verified_map_file(slot_count: usize) -> Option<MapFileVerdict> {
     let global = server::data_dir().join("global");
     let mode = settings::active_mode().unwrap_or(TrackingMode::Hooks);
@@ -82,7 +86,7 @@ pub fn verified_map_file(slot_count: usize) -> Option<MapFileVerdict> {
     };
     let path = global.join(name);
     let mut resized = None;
-    let rejected = match mapfile::open_verified(&path, &expect) {
+    let rejected = match mapfile::open_header_verified(&path, &expect) {
         Ok(file) => Ok(file),
         Err(MapFileError::WrongSlotCount { .. }) => match resize::open_resized(&path, &expect) {
             Ok(old) => {
@@ -103,12 +107,7 @@ pub fn verified_map_file(slot_count: usize) -> Option<MapFileVerdict> {
         }
         Err(error) => {
             if let Some(error) = error {
-                if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
-                    warning!("{text}");
-                }
-                warning!(
-                    "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
-                );
+                warn_discarded(&error, mode);
             }
             // After pg_rewind or a restore, LSNs the old map saw may lie ahead
             // of everything this server will replay first. A resized map that
@@ -135,4 +134,17 @@ fn recorded_highest(path: &std::path::Path, system_identifier: u64) -> Option<Ls
     // only this (starting) server writes; it is dropped before anything could.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     mapfile::highest_lsn_recorded(&bytes, system_identifier)
+}
+
+/// The WARNING of a map file discarded for `error`, with ptrack 2.4's own
+/// words first where it has some.
+pub fn warn_discarded(error: &MapFileError, mode: TrackingMode) {
+    let name = mode.map_file_name();
+    let path = server::data_dir().join("global").join(name);
+    if let Some(text) = error.ptrack24_text(&path.display().to_string()) {
+        warning!("{text}");
+    }
+    warning!(
+        "ptrack: discarding map file \"global/{name}\": {error}; starting a new map: changes before its init LSN are unknown"
+    );
 }
