@@ -15,7 +15,7 @@
 #                      (a few minutes; files are named bench-YYYYMMDD-quick.*
 #                      and say "quick")
 #   BENCH_ONLY=a,b     only these sections: criterion, pgbench, callgrind,
-#                      backup, checkpoint, fidelity
+#                      backup, checkpoint, startup, fidelity
 #   PTRACK_PG_PREFIX   use this PostgreSQL install (with ptrack installed)
 #                      instead of setup.sh's bench build
 #   BENCH_ROUNDS, BENCH_ROUND_SECONDS, BENCH_PGBENCH_SCALE, BENCH_BACKUP_SCALE,
@@ -29,7 +29,7 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { log "run as root"; exit 1; }
 
-sections=(criterion pgbench callgrind backup checkpoint fidelity)
+sections=(criterion pgbench callgrind backup checkpoint startup fidelity)
 only=${BENCH_ONLY:-}
 if [ -n "$only" ]; then
 	IFS=, read -r -a wanted <<<"$only"

@@ -54,6 +54,7 @@ mod options;
 mod pgbench;
 mod report;
 mod server;
+mod startup;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -77,7 +78,7 @@ struct Section {
 }
 
 /// Every section, in the order they run.
-const SECTIONS: [Section; 6] = [
+const SECTIONS: [Section; 7] = [
     Section {
         name: "criterion",
         title: "Core micro-benchmarks (criterion)",
@@ -102,6 +103,11 @@ const SECTIONS: [Section; 6] = [
         name: "checkpoint",
         title: "4. Checkpoint cost",
         run: checkpoint::section_checkpoint,
+    },
+    Section {
+        name: "startup",
+        title: "4b. Start-up cost with a 1 GB map",
+        run: startup::section_startup,
     },
     Section {
         name: "fidelity",
