@@ -32,13 +32,25 @@ restored_port=$((port + 1000))
 as_pg() { runuser -u postgres -- "$@"; }
 psql_at() { as_pg "$bin/psql" -X -h "$work" -p "$1" -d postgres -v ON_ERROR_STOP=1 -At "${@:2}"; }
 stop_all() {
-	# A clean stop writes the map and frees the live map in /dev/shm.
+	# A clean stop writes the map; in hook mode the live map stays in
+	# /dev/shm for the next start to resume.
 	as_pg "$bin/pg_ctl" -D "$restored" -m fast stop >/dev/null 2>&1 || true
 	as_pg "$bin/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
+}
+# The live map of a data directory, named as ptrack names it:
+# /dev/shm/ptrack.<system identifier>.<dev>.<inode of PGDATA>.map
+live_map_of() {
+	local sysid dev ino
+	sysid=$(od -An -tu8 -N8 "$1/global/pg_control" | tr -d ' ')
+	read -r dev ino < <(stat -c '%d %i' "$1")
+	echo "/dev/shm/ptrack.$sysid.$dev.$ino.map"
 }
 cleanup() {
 	stop_all
 	[ "${DEMO_KEEP:-0}" = 1 ] && { echo "kept in $work (port $port)"; return; }
+	for dir in "$pgdata" "$restored"; do
+		[ -f "$dir/global/pg_control" ] && rm -f "$(live_map_of "$dir")"
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT

@@ -37,7 +37,8 @@ cleanup() {
 		runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 ||
 			runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1
 	fi
-	# An immediate stop leaves the live map on tmpfs (a clean one removes it).
+	# Any stop leaves the live map on tmpfs in hook mode (an immediate one in
+	# WAL mode too); this data directory is going away.
 	[ -n "${sysid:-}" ] && rm -f /dev/shm/ptrack."$sysid".*
 	if [ "$we_installed" = 1 ] && installed "$package"; then
 		apt-get -o DPkg::Lock::Timeout=600 remove -y "$package" >"$work/remove.log" 2>&1 ||
