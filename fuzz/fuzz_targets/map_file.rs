@@ -16,11 +16,11 @@ use std::sync::atomic::AtomicU64;
 
 use libfuzzer_sys::fuzz_target;
 use ptrack_core::mapfile::{
-    file_len, highest_lsn_recorded, verify, write_map, Expectation, MapFileMeta, TrackingMode,
-    HEADER_LEN, TRAILER_LEN,
+    file_len, highest_lsn_recorded, verify, write_map, Expectation, HeaderVerifiedMapFile,
+    MapFileMeta, TrackingMode, HEADER_LEN, TRAILER_LEN,
 };
 use ptrack_core::cuts::CutTable;
-use ptrack_core::Lsn;
+use ptrack_core::{Lsn, OwnedLsnMap};
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     bytes
@@ -89,6 +89,43 @@ fuzz_target!(|data: &[u8]| {
         Err(error) => {
             let _ = error.to_string();
         }
+    }
+
+    // The reader a start uses, header first and the CRC during the load,
+    // accepts exactly what `verify` accepts and loads the same words; a
+    // refused load leaves an empty map.
+    let verified_words: Option<Vec<u64>> = verify(&file[..], &expect)
+        .ok()
+        .map(|verified| verified.words().collect());
+    match HeaderVerifiedMapFile::new(&file[..], &expect) {
+        // A passing header fixes the length, so the map is as large as the
+        // input allows; a map has at least one slot.
+        Ok(header) if expect.slot_count > 0 => {
+            let map = OwnedLsnMap::new(expect.slot_count as usize);
+            let view = map.view();
+            let loaded = header.load_into(&view);
+            let words: Vec<u64> = view
+                .words()
+                .iter()
+                .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+                .collect();
+            match (loaded, &verified_words) {
+                (Ok(()), Some(expected)) => {
+                    assert_eq!(&words, expected);
+                    assert_eq!(view.init_lsn(), header.meta().init_lsn);
+                }
+                (Err(_), None) => {
+                    assert!(words.iter().all(|&w| w == 0));
+                    assert!(!view.init_lsn().is_valid());
+                }
+                (loaded, _) => panic!(
+                    "one-pass load {loaded:?}, verify accepted: {}",
+                    verified_words.is_some()
+                ),
+            }
+        }
+        Ok(_) => {}
+        Err(_) => assert!(verified_words.is_none(), "the header check refused what verify accepts"),
     }
 
     if flags & 32 != 0 && file.len() >= HEADER_LEN {
