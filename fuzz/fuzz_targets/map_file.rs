@@ -15,11 +15,11 @@
 use std::sync::atomic::AtomicU64;
 
 use libfuzzer_sys::fuzz_target;
+use ptrack_core::cuts::CutTable;
 use ptrack_core::mapfile::{
     file_len, highest_lsn_recorded, verify, write_map, Expectation, HeaderVerifiedMapFile,
     MapFileMeta, TrackingMode, HEADER_LEN, TRAILER_LEN,
 };
-use ptrack_core::cuts::CutTable;
 use ptrack_core::{Lsn, OwnedLsnMap};
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -125,7 +125,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(_) => {}
-        Err(_) => assert!(verified_words.is_none(), "the header check refused what verify accepts"),
+        Err(_) => assert!(
+            verified_words.is_none(),
+            "the header check refused what verify accepts"
+        ),
     }
 
     if flags & 32 != 0 && file.len() >= HEADER_LEN {
@@ -170,7 +173,10 @@ fuzz_target!(|data: &[u8]| {
         let verified = verify(&written, &expect).expect("the writer's own file");
         assert_eq!(*verified.meta(), meta);
         assert!(verified.slots().eq(slot_values.iter().copied()));
-        assert!(verified.words().skip(slot_values.len()).all(|word| word == 0));
+        assert!(verified
+            .words()
+            .skip(slot_values.len())
+            .all(|word| word == 0));
         assert!(highest_lsn_recorded(&written, meta.system_identifier).is_some());
     }
 });
