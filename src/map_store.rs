@@ -307,6 +307,11 @@ fn start_in_live_file(region: *mut u8) {
                 map.reset();
             }
             start_map(&map, &verdict);
+            if verdict.file.is_some() && !map.flushed_redo().is_valid() {
+                // The file failed its CRC during the load: the new map does
+                // not continue it, and is resumed only once it was flushed.
+                header.set_base_redo(Lsn::INVALID);
+            }
         }
     }
     REGION.store(region, Ordering::Release);

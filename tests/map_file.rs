@@ -345,6 +345,40 @@ fn body_damage_under_a_kept_live_map_is_rewritten() {
     assert_eq!(h.init_lsn, init, "init LSN in the rewritten map file");
 }
 
+/// A map file refused for its CRC during the load (after a reboot) leaves a
+/// new live map that continues no file: an immediate stop before its first
+/// flush does not resume it on the strength of the damaged file's header.
+#[test]
+fn a_new_map_after_a_failed_load_is_not_resumed_before_its_first_flush() {
+    let mut c = new_cluster("map_crc_then_crash");
+    c.start();
+    create_known_table(&c);
+    c.stop(StopMode::Fast);
+    damage_map(&c, Damage::SlotBitFlip);
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        ptrack_warnings(&log)
+            .iter()
+            .any(|w| w.contains("discard") && w.contains("CRC")),
+        "the damaged words were not refused at the load:\n{log}"
+    );
+    c.stop(StopMode::Immediate);
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert!(
+        !log.contains("ptrack: resumed the live map"),
+        "a map that continues no file was resumed:\n{log}"
+    );
+    assert!(
+        ptrack_warnings(&log).iter().any(|w| w.contains("discard")),
+        "the damaged file was not refused again:\n{log}"
+    );
+    c.stop(StopMode::Fast);
+}
+
 #[test]
 fn damaged_map_is_discarded() {
     let mut c = new_cluster("map_damage");
