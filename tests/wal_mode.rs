@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::log::expect_warning;
+use common::mapfile::map_header;
 use common::pagemap::assert_reports_all;
 use common::util::wait_for;
 use common::workload::create_known_table;
@@ -54,6 +55,17 @@ fn follower_tracks_and_reports_its_position() {
         "the chosen mode is not logged at start:\n{log}"
     );
     let (path, blocks) = create_known_table(&c);
+    // The new table is in the cut table (created since the map began) until
+    // the follower accounts for its length, marking its blocks with an LSN
+    // read then; it does so before the map write it makes when it notices
+    // the checkpoint. Until that write, the table is rightly reported.
+    let redo = c.controldata_redo_lsn();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            map_header(&c.pgdata).is_some_and(|h| h.checkpoint_redo >= redo)
+        }),
+        "the follower did not write the map at the checkpoint with REDO {redo}"
+    );
     let before = c.wal_insert_lsn();
     c.psql(
         "CREATE TABLE fresh AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000) g;",
