@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::log::expect_warning;
-use common::mapfile::map_header;
+use common::mapfile::map_header_of;
 use common::pagemap::assert_reports_all;
 use common::util::wait_for;
 use common::workload::create_known_table;
@@ -62,7 +62,8 @@ fn follower_tracks_and_reports_its_position() {
     let redo = c.controldata_redo_lsn();
     assert!(
         wait_for(Duration::from_secs(30), || {
-            map_header(&c.pgdata).is_some_and(|h| h.checkpoint_redo >= redo)
+            map_header_of(&c.pgdata.join("global/pgsql_tmp_ptrack.map"))
+                .is_some_and(|h| h.checkpoint_redo >= redo)
         }),
         "the follower did not write the map at the checkpoint with REDO {redo}"
     );
