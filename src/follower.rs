@@ -121,6 +121,17 @@ fn claim_wal(map: &LsnMap<'_>) -> Lsn {
              checkpoint's REDO LSN are now unknown (new init LSN)"
         );
     }
+    // A new map begins where the server's own start vouches from, if its
+    // WAL is still there: the checkpoint ending a restored backup's recovery
+    // may have moved the REDO past it before this worker started.
+    let from = map_store::new_map_read_from();
+    if !map.init_lsn().is_valid() && from.is_valid() && from <= server::checkpoint_redo() {
+        server::set_follower_slot_lsn(from, true);
+        if !server::wal_removed_at(from) && segment_present(from) {
+            map.start_tracking_at(from);
+            return from;
+        }
+    }
     loop {
         let redo = server::checkpoint_redo();
         server::set_follower_slot_lsn(redo, true);

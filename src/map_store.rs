@@ -234,11 +234,15 @@ fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
         }
         None => {
             map.set_init_at_least(verdict.new_map.floor);
-            if let (Some(init), Some(TrackingMode::Hooks)) =
-                (verdict.new_map.init_now, settings::active_mode())
-            {
-                let init = map.start_tracking_at(init);
-                log!("ptrack: new map complete from init LSN {init}");
+            match (verdict.new_map.init_now, settings::active_mode()) {
+                (Some(init), Some(TrackingMode::Hooks)) => {
+                    let init = map.start_tracking_at(init);
+                    log!("ptrack: new map complete from init LSN {init}");
+                }
+                (Some(init), Some(TrackingMode::Wal)) => {
+                    NEW_MAP_READ_FROM.store(init.0, Ordering::Release);
+                }
+                _ => {}
             }
         }
     }
@@ -316,6 +320,18 @@ fn start_in_live_file(region: *mut u8) {
     }
     REGION.store(region, Ordering::Release);
     register_final_flush();
+}
+
+/// WAL mode: where the follower of a new map may start reading, if that WAL
+/// is still there when it starts: a restored backup's start (recovery
+/// replays from it), a clean shutdown's checkpoint. The follower may start
+/// only after the checkpoint that ends recovery has moved the REDO past it.
+/// Set in the postmaster, inherited by the follower; 0: none.
+static NEW_MAP_READ_FROM: AtomicU64 = AtomicU64::new(0);
+
+/// See [`NEW_MAP_READ_FROM`].
+pub fn new_map_read_from() -> Lsn {
+    Lsn(NEW_MAP_READ_FROM.load(Ordering::Acquire))
 }
 
 /// Where the WAL read at start after a crash ended; 0 when none was read or
