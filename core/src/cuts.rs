@@ -29,6 +29,8 @@
 //! cut (see [`crate::LsnMap::record_cut`]).
 //!
 //! Concurrency: one process writes (the WAL follower), any process reads.
+//! Every store is noted in the map's dirty bitmap ([`crate::dirty`]), with
+//! the `SeqCst` ordering its protocol wants, so that a flush writes it.
 //! Open addressing with linear probing; entries are never moved, and a
 //! removed entry becomes a tombstone, so a reader's probe never stops before
 //! an entry that exists. An entry is published by its key word, stored last
@@ -37,6 +39,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::block::{Fork, RelFileKey};
+use crate::dirty::DirtyRegions;
 
 /// Words per entry: location (tablespace, database), relation with fork and
 /// state, accounted length.
@@ -62,6 +65,9 @@ pub struct CutTableFull {
 #[derive(Clone, Copy, Debug)]
 pub struct CutTable<'a> {
     words: &'a [AtomicU64],
+    dirty: DirtyRegions<'a>,
+    /// Index of the table's first word among the map's words, for `dirty`.
+    first_word: usize,
 }
 
 /// One entry, as [`CutTable::entries`] yields it.
@@ -96,9 +102,26 @@ impl<'a> CutTable<'a> {
         (slot_count / SLOTS_PER_ENTRY).clamp(MIN_ENTRIES, MAX_ENTRIES) * ENTRY_WORDS
     }
 
-    /// A view of `words` (all zero: an empty table).
+    /// A view of `words` (all zero: an empty table), its stores not tracked.
     pub fn new(words: &'a [AtomicU64]) -> Self {
-        CutTable { words }
+        Self::tracked(words, DirtyRegions::new(&[]), 0)
+    }
+
+    /// A view of `words`, the map's words from `first_word` on, whose stores
+    /// are noted in `dirty`.
+    pub fn tracked(words: &'a [AtomicU64], dirty: DirtyRegions<'a>, first_word: usize) -> Self {
+        CutTable {
+            words,
+            dirty,
+            first_word,
+        }
+    }
+
+    /// Stores `value` into word `offset` of entry `index` and notes it dirty.
+    fn store(&self, index: usize, offset: usize, value: u64) {
+        let word = index * ENTRY_WORDS + offset;
+        self.words[word].store(value, Ordering::SeqCst);
+        self.dirty.note(self.first_word + word);
     }
 
     pub fn capacity(&self) -> usize {
@@ -148,7 +171,10 @@ impl<'a> CutTable<'a> {
     pub fn record(&self, file: &RelFileKey, length: u32) -> Result<(), CutTableFull> {
         let capacity = self.capacity();
         if let Some(index) = self.find(file) {
-            self.entry(index)[2].fetch_min(u64::from(length), Ordering::AcqRel);
+            let before = self.entry(index)[2].fetch_min(u64::from(length), Ordering::SeqCst);
+            if before > u64::from(length) {
+                self.dirty.note(self.first_word + index * ENTRY_WORDS + 2);
+            }
             return Ok(());
         }
         let home = self.home(file);
@@ -156,10 +182,10 @@ impl<'a> CutTable<'a> {
             .map(|step| (home + step) % capacity)
             .find(|&index| self.entry(index)[1].load(Ordering::Relaxed) & STATE_MASK != LIVE)
             .ok_or(CutTableFull { capacity })?;
-        let entry = self.entry(free);
-        entry[2].store(u64::from(length), Ordering::Relaxed);
-        entry[0].store(location_word(file), Ordering::Relaxed);
-        entry[1].store(relation_word(file) | LIVE, Ordering::Release);
+        self.store(free, 2, u64::from(length));
+        self.store(free, 0, location_word(file));
+        // Published last.
+        self.store(free, 1, relation_word(file) | LIVE);
         Ok(())
     }
 
@@ -184,22 +210,23 @@ impl<'a> CutTable<'a> {
     /// Sets entry `index`'s accounted length. Release ordering: whoever reads
     /// the new length also sees the marks made before this call. Writer only.
     pub fn set_accounted(&self, index: usize, blocks: u32) {
-        self.entry(index)[2].store(u64::from(blocks), Ordering::Release);
+        self.store(index, 2, u64::from(blocks));
     }
 
     /// Removes entry `index` (its fork no longer exists). Writer only.
     pub fn remove(&self, index: usize) {
-        let entry = self.entry(index);
-        let relation = entry[1].load(Ordering::Relaxed) & !STATE_MASK;
-        entry[1].store(relation | REMOVED, Ordering::Release);
+        let relation = self.entry(index)[1].load(Ordering::Relaxed) & !STATE_MASK;
+        self.store(index, 1, relation | REMOVED);
     }
 
     /// Empties the table. Only together with the map forgetting everything
     /// before now, which makes every query that may have seen the old entries
     /// fail its final coverage check. Writer only.
     pub fn clear(&self) {
-        for word in self.words {
-            word.store(0, Ordering::Release);
+        for (word, value) in self.words.iter().enumerate() {
+            if value.swap(0, Ordering::SeqCst) != 0 {
+                self.dirty.note(self.first_word + word);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! * [`block`]: the identity of a relation block and its two map slots.
 //! * [`map`]: the lock-free LSN map that lives in shared memory.
 //! * [`cuts`]: the forks cut or created since the map began, for WAL mode.
+//! * [`dirty`]: which regions of the map changed since the last flush.
 //! * [`mapfile`]: the on-disk map format, its atomic write and its verification.
 //! * [`relfile`]: relation file names and data-directory paths.
 //! * [`resize`]: carrying a map of another size (`ptrack.map_size` changed) over.
@@ -17,6 +18,7 @@
 
 pub mod block;
 pub mod cuts;
+pub mod dirty;
 pub mod live;
 pub mod lsn;
 pub mod map;

@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::lsn::Lsn;
 
 pub const LIVE_MAGIC: [u8; 8] = *b"PTRKLIVE";
-/// Version 2: the map region ends with a cut table ([`crate::cuts`]).
-pub const LIVE_VERSION: u32 = 2;
+/// Version 3: the map region ends with the dirty bitmap ([`crate::dirty`])
+/// and its state holds the delta records' position. Version 2 had neither,
+/// version 1 no cut table ([`crate::cuts`]).
+pub const LIVE_VERSION: u32 = 3;
 
 /// The header at the start of the live file.
 #[repr(C, align(64))]

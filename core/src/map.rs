@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::block::{slot_pair, BlockHasher, BlockKey, RelFileKey};
 use crate::cuts::{CutTable, CutTableFull};
+use crate::dirty::DirtyRegions;
 use crate::lsn::Lsn;
 
 /// Levels of dyadic ranges over 32-bit block numbers, the whole space last.
@@ -24,7 +25,8 @@ const CUT_SEARCH_BUDGET: u32 = 256;
 /// The part of the shared map that is not slots.
 ///
 /// It sits at the start of the shared memory region, followed by the slots and
-/// then the cut table ([`crate::cuts`]): together the map's words.
+/// then the cut table ([`crate::cuts`]), together the map's words, and then
+/// the dirty bitmap of those words ([`crate::dirty`]).
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub struct MapState {
@@ -49,6 +51,13 @@ pub struct MapState {
     /// version, whose padding this was): reported in full. See
     /// [`LsnMap::track_side_forks_from`].
     side_forks_tracked_from: AtomicU64,
+    /// The nonce of the full map file the delta records continue
+    /// ([`crate::mapfile::delta`]); 0: the next flush must write a full map
+    /// (after any start, and after a failed flush, whose taken dirty bits
+    /// were not written). Written by the flushing process only.
+    delta_base_nonce: AtomicU64,
+    /// Bytes of valid records after that full part.
+    delta_len: AtomicU64,
 }
 
 // The live file holds a `MapState` of this size (its layout is versioned by
@@ -64,42 +73,54 @@ pub struct LsnMap<'a> {
     words: &'a [AtomicU64],
     slots: &'a [AtomicU64],
     cuts: CutTable<'a>,
+    dirty: DirtyRegions<'a>,
 }
 
-/// Raises `slot` to at least `lsn`.
+/// Raises `slot` to at least `lsn`; whether it stored.
 ///
 /// The plain load first skips the locked instruction when another write already
-/// raised the slot. Release ordering publishes the mark before anything the
-/// marking process does afterwards, such as ending the buffer I/O that the
-/// checkpointer waits for before it flushes the map.
+/// raised the slot (and noted its region dirty). The ordering publishes the
+/// mark before anything the marking process does afterwards, such as ending
+/// the buffer I/O that the checkpointer waits for before it flushes the map;
+/// `SeqCst` as [`crate::dirty`]'s protocol wants, which on x86 is the same
+/// locked instruction.
 #[inline(always)]
-fn raise(slot: &AtomicU64, lsn: u64) {
+fn raise(slot: &AtomicU64, lsn: u64) -> bool {
     let mut current = slot.load(Ordering::Relaxed);
     while current < lsn {
-        match slot.compare_exchange_weak(current, lsn, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return,
+        match slot.compare_exchange_weak(current, lsn, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return true,
             Err(actual) => current = actual,
         }
     }
+    false
 }
 
 impl<'a> LsnMap<'a> {
     /// A view of `words` ([`LsnMap::word_count`]`(slot_count)` of them)
-    /// governed by `state`. There must be at least one slot.
+    /// governed by `state`, with their dirty bitmap `dirty_bits`
+    /// ([`DirtyRegions::words_for`] words, or none for a map that is only
+    /// read). There must be at least one slot.
     pub fn over_words(
         state: &'a MapState,
         words: &'a [AtomicU64],
+        dirty_bits: &'a [AtomicU64],
         slot_count: usize,
     ) -> Option<Self> {
-        if slot_count == 0 || words.len() != Self::word_count(slot_count) {
+        if slot_count == 0
+            || words.len() != Self::word_count(slot_count)
+            || !(dirty_bits.is_empty() || dirty_bits.len() == DirtyRegions::words_for(words.len()))
+        {
             return None;
         }
         let (slots, cuts) = words.split_at(slot_count);
+        let dirty = DirtyRegions::new(dirty_bits);
         Some(LsnMap {
             state,
             words,
             slots,
-            cuts: CutTable::new(cuts),
+            cuts: CutTable::tracked(cuts, dirty, slot_count),
+            dirty,
         })
     }
 
@@ -110,12 +131,13 @@ impl<'a> LsnMap<'a> {
 
     /// Bytes of shared memory a map of `slot_count` slots occupies.
     pub fn region_size(slot_count: usize) -> usize {
+        let words = Self::word_count(slot_count);
         std::mem::size_of::<MapState>()
-            + Self::word_count(slot_count) * std::mem::size_of::<AtomicU64>()
+            + (words + DirtyRegions::words_for(words)) * std::mem::size_of::<AtomicU64>()
     }
 
     /// A view of a region laid out as [`MapState`] followed by the words of a
-    /// map of `slot_count` slots.
+    /// map of `slot_count` slots and their dirty bitmap.
     ///
     /// # Safety
     /// `region` must point to [`LsnMap::region_size`]`(slot_count)` bytes, aligned
@@ -127,12 +149,18 @@ impl<'a> LsnMap<'a> {
         }
         // SAFETY: the caller guarantees size, alignment, lifetime and atomic-only
         // access; `MapState` is `repr(C)` and the slots start right after it, at a
-        // multiple of 64 bytes, so they are aligned for `AtomicU64`.
+        // multiple of 64 bytes, so they are aligned for `AtomicU64`; the bitmap
+        // follows the words, inside `region_size`.
         unsafe {
             let state = &*(region as *const MapState);
             let first_word = region.add(std::mem::size_of::<MapState>()) as *const AtomicU64;
-            let words = std::slice::from_raw_parts(first_word, Self::word_count(slot_count));
-            Self::over_words(state, words, slot_count)
+            let word_count = Self::word_count(slot_count);
+            let words = std::slice::from_raw_parts(first_word, word_count);
+            let bits = std::slice::from_raw_parts(
+                first_word.add(word_count),
+                DirtyRegions::words_for(word_count),
+            );
+            Self::over_words(state, words, bits, slot_count)
         }
     }
 
@@ -151,6 +179,26 @@ impl<'a> LsnMap<'a> {
 
     pub fn cut_table(&self) -> CutTable<'a> {
         self.cuts
+    }
+
+    /// The regions of the words stored into since the last flush took them.
+    pub fn dirty_regions(&self) -> DirtyRegions<'a> {
+        self.dirty
+    }
+
+    /// The delta records' base and length, as the last flush left them: `None`
+    /// when the next flush must write a full map.
+    pub fn delta_position(&self) -> Option<(u64, u64)> {
+        let nonce = self.state.delta_base_nonce.load(Ordering::Acquire);
+        (nonce != 0).then(|| (nonce, self.state.delta_len.load(Ordering::Acquire)))
+    }
+
+    /// After a flush: the delta records continue the base `nonce` with `len`
+    /// bytes of records; `None` makes the next flush write a full map.
+    pub fn set_delta_position(&self, position: Option<(u64, u64)>) {
+        let (nonce, len) = position.unwrap_or((0, 0));
+        self.state.delta_len.store(len, Ordering::Release);
+        self.state.delta_base_nonce.store(nonce, Ordering::Release);
     }
 
     /// Marks `key` as written at `lsn`. Lock-free, allocation-free and panic-free:
@@ -397,9 +445,15 @@ impl<'a> LsnMap<'a> {
     #[inline(always)]
     fn raise_slots(&self, hash: u64, lsn: Lsn) {
         let (first, second) = slot_pair(hash, self.slots.len());
-        if let (Some(first), Some(second)) = (self.slots.get(first), self.slots.get(second)) {
-            raise(first, lsn.0);
-            raise(second, lsn.0);
+        if let (Some(first_slot), Some(second_slot)) =
+            (self.slots.get(first), self.slots.get(second))
+        {
+            if raise(first_slot, lsn.0) {
+                self.dirty.note(first);
+            }
+            if raise(second_slot, lsn.0) {
+                self.dirty.note(second);
+            }
         }
     }
 
@@ -428,6 +482,7 @@ impl<'a> LsnMap<'a> {
         self.state.init_floor.store(0, Ordering::Release);
         self.state.wal_tracked_through.store(0, Ordering::Release);
         self.state.wal_read_to.store(0, Ordering::Release);
+        self.set_delta_position(None);
     }
 
     /// A new map's init LSN will be at least `lowest`: LSNs below it may have
@@ -574,22 +629,25 @@ pub struct OwnedLsnMap {
     state: MapState,
     slot_count: usize,
     words: Box<[AtomicU64]>,
+    dirty_bits: Box<[AtomicU64]>,
 }
 
 impl OwnedLsnMap {
     pub fn new(slot_count: usize) -> Self {
         assert!(slot_count > 0, "a map needs at least one slot");
+        let word_count = LsnMap::word_count(slot_count);
         OwnedLsnMap {
             state: MapState::default(),
             slot_count,
-            words: (0..LsnMap::word_count(slot_count))
+            words: (0..word_count).map(|_| AtomicU64::new(0)).collect(),
+            dirty_bits: (0..DirtyRegions::words_for(word_count))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         }
     }
 
     pub fn view(&self) -> LsnMap<'_> {
-        LsnMap::over_words(&self.state, &self.words, self.slot_count)
+        LsnMap::over_words(&self.state, &self.words, &self.dirty_bits, self.slot_count)
             .expect("a map of at least one slot and its words")
     }
 }
