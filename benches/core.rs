@@ -134,6 +134,7 @@ fn flush_and_verify(c: &mut Criterion) {
         checkpoint_redo: Lsn(1),
         data_checksum_version: 1,
         wal_tracked_through: Lsn::INVALID,
+        base_nonce: 1,
     };
     let mut group = c.benchmark_group("map file");
     group.throughput(Throughput::Bytes((megabytes * MB) as u64));

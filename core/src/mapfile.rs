@@ -14,15 +14,24 @@
 //! | 48 | 4 | data checksum version in `pg_control` when written |
 //! | 52 | 4 | zero |
 //! | 56 | 8 | WAL mode: end of the last WAL record marked; hook mode: 0 |
-//! | 64 | 8 × slot count | slots |
+//! | 64 | 8 | nonce of this file, never 0: the delta records name it |
+//! | 72 | 8 × slot count | slots |
 //! | after the slots | 8 × [`CutTable::words_for`]`(slot count)` | the cut table ([`crate::cuts`]) |
-//! | end − 8 | 4 | CRC-32 of every byte before it |
-//! | end − 4 | 4 | zero |
+//! | … | 4 | CRC-32 of every byte before it |
+//! | … | 4 | zero |
+//! | [`file_len`] | … | the delta records ([`delta`]) |
 //!
 //! The file is written to `ptrack.map.tmp` in chunks with a running CRC, made
 //! durable, and renamed over `ptrack.map`; the directory is then synced. A
 //! reader therefore sees an old complete file or a new complete file, and the
 //! CRC catches everything else.
+//!
+//! Between two such full writes, checkpoints append only the regions of the
+//! map that changed, as delta records after the trailer ([`delta`]); the map
+//! is the full part with the valid records applied. The records live in the
+//! same file so that every tool that knows the file (the core patch's
+//! pg_basebackup and pg_checksums skip it, pg_rewind keeps it, pg_resetwal
+//! removes it) treats them as it treats the map.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -32,14 +41,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::cuts::CutTable;
 use crate::lsn::Lsn;
 
+pub mod delta;
+mod flush;
 mod load;
+pub use flush::{flush_map, Flushed};
+pub use load::with_delta;
 pub use load::{open_header_verified, HeaderVerifiedMapFile};
 
 pub const MAGIC: [u8; 8] = *b"PTRACKMP";
-/// Version 2: the layout above and the hash of [`crate::block`]. Version 1
-/// had no cut table.
-pub const FORMAT_VERSION: u32 = 2;
-pub const HEADER_LEN: usize = 64;
+/// Version 3: the layout above and the hash of [`crate::block`]. Version 2
+/// had no nonce (and no delta records), version 1 no cut table.
+pub const FORMAT_VERSION: u32 = 3;
+pub const HEADER_LEN: usize = 72;
 pub const TRAILER_LEN: usize = 8;
 /// Hook mode's file, in `global/`, named as C ptrack names it: the core patch
 /// makes PostgreSQL's tools treat it specially.
@@ -71,6 +84,8 @@ pub struct MapFileMeta {
     /// the WAL follower resumes here. `Lsn::INVALID` for a map written in hook
     /// mode, whose completeness rests on `checkpoint_redo` instead.
     pub wal_tracked_through: Lsn,
+    /// The full file's nonce: what binds delta records to it.
+    pub base_nonce: u64,
 }
 
 impl MapFileMeta {
@@ -157,6 +172,8 @@ pub enum MapFileError {
     RestoredOrRewound,
     #[error("reserved header bytes or trailer padding are not zero")]
     NonZeroPadding,
+    #[error("its nonce is zero")]
+    ZeroNonce,
     #[error(
         "it was written at the checkpoint with REDO {map_redo}, but pg_control's latest \
          checkpoint has REDO {control_redo}: writes after it were not tracked"
@@ -207,7 +224,7 @@ pub fn file_len(slot_count: u64) -> u64 {
 }
 
 /// Words after the header: the slots and the cut table.
-fn word_count(slot_count: u64) -> u64 {
+pub(crate) fn word_count(slot_count: u64) -> u64 {
     let cut_words = usize::try_from(slot_count).map_or(usize::MAX, CutTable::words_for);
     slot_count.saturating_add(cut_words as u64)
 }
@@ -223,6 +240,7 @@ fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
     header[40..48].copy_from_slice(&meta.checkpoint_redo.0.to_le_bytes());
     header[48..52].copy_from_slice(&meta.data_checksum_version.to_le_bytes());
     header[56..64].copy_from_slice(&meta.wal_tracked_through.0.to_le_bytes());
+    header[64..72].copy_from_slice(&meta.base_nonce.to_le_bytes());
     header
 }
 
@@ -237,7 +255,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 /// Writes the whole map file to `out`: header, words (slots, then the cut
 /// table: [`crate::LsnMap::words`]) in chunks, CRC trailer.
 ///
-/// Slots are read one by one with relaxed loads while other processes keep
+/// Slots are read one by one while other processes keep
 /// marking: a slot's value is at least what it was when the flush started,
 /// which is all a flush needs to promise (see the extension's flush hook).
 /// `words` must hold the words of a map of `meta.slot_count` slots.
@@ -263,8 +281,9 @@ pub fn write_map_with(
     let mut chunk = vec![0u64; CHUNK_BYTES / 8];
     for (written, slots) in slots.chunks(CHUNK_BYTES / 8).enumerate() {
         let words = &mut chunk[..slots.len()];
+        // `SeqCst`: after a flush took the dirty bits ([`crate::dirty`]).
         for (word, slot) in words.iter_mut().zip(slots) {
-            *word = slot.load(Ordering::Relaxed).to_le();
+            *word = slot.load(Ordering::SeqCst).to_le();
         }
         // SAFETY: the bytes of initialized `u64`s, which have no padding,
         // viewed for as long as `words` is borrowed; `u8` needs no alignment.
@@ -350,6 +369,8 @@ pub fn remove_map_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// A map file whose every byte has been checked against an [`Expectation`].
 pub struct VerifiedMapFile<B: AsRef<[u8]>> {
     bytes: B,
+    /// Where the full part ends (and delta records, which this ignores, begin).
+    base_len: usize,
     meta: MapFileMeta,
 }
 
@@ -365,34 +386,48 @@ impl<B: AsRef<[u8]>> VerifiedMapFile<B> {
 
     /// The words (slots, then the cut table), in order.
     pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
-        let bytes = self.bytes.as_ref();
-        bytes[HEADER_LEN..bytes.len() - TRAILER_LEN]
+        self.bytes.as_ref()[HEADER_LEN..self.base_len - TRAILER_LEN]
             .chunks_exact(8)
             .map(|slot| u64::from_le_bytes(slot.try_into().expect("8 bytes")))
     }
 }
 
-/// Checks a map file image. Every check that can fail is made before any
-/// value of the file is used.
+/// Checks the full part of a map file image, ignoring delta records after
+/// it. Every check that can fail is made before any value of the file is
+/// used.
 pub fn verify<B: AsRef<[u8]>>(
     bytes: B,
     expect: &Expectation,
 ) -> Result<VerifiedMapFile<B>, MapFileError> {
-    let data = bytes.as_ref();
-    check_length(data, expect)?;
-    let crc_at = data.len() - TRAILER_LEN;
-    let stored = u32_at(data, crc_at);
-    let computed = crc32fast::hash(&data[..crc_at]);
+    let (meta, base_len) = verify_all_but_freshness(bytes.as_ref(), expect)?;
+    check_fresh(&meta, expect)?;
+    Ok(VerifiedMapFile {
+        bytes,
+        base_len,
+        meta,
+    })
+}
+
+/// [`verify`] but for [`check_fresh`], which delta records may change; with
+/// the length of the full part.
+pub(crate) fn verify_all_but_freshness(
+    data: &[u8],
+    expect: &Expectation,
+) -> Result<(MapFileMeta, usize), MapFileError> {
+    let base = &data[..check_length(data, expect)?];
+    let crc_at = base.len() - TRAILER_LEN;
+    let stored = u32_at(base, crc_at);
+    let computed = crc32fast::hash(&base[..crc_at]);
     if stored != computed {
         return Err(MapFileError::ChecksumMismatch { stored, computed });
     }
-    let meta = check_header(data, expect)?;
-    Ok(VerifiedMapFile { bytes, meta })
+    Ok((check_header(base, expect)?, base.len()))
 }
 
-/// The file's length is that of a map of `expect.slot_count` slots; where it
-/// is not, the error names the likelier cause.
-fn check_length(data: &[u8], expect: &Expectation) -> Result<(), MapFileError> {
+/// The file holds a full map of `expect.slot_count` slots, perhaps followed
+/// by delta records: returns the full part's length. Where it does not, the
+/// error names the likelier cause.
+fn check_length(data: &[u8], expect: &Expectation) -> Result<usize, MapFileError> {
     let expected_len = file_len(expect.slot_count);
     let wrong_length = || MapFileError::WrongLength {
         found: data.len() as u64,
@@ -401,26 +436,26 @@ fn check_length(data: &[u8], expect: &Expectation) -> Result<(), MapFileError> {
     if data.len() < HEADER_LEN + TRAILER_LEN {
         return Err(wrong_length());
     }
-    if data.len() as u64 != expected_len {
-        // Name the likelier cause: a whole map of another size (ptrack.map_size
-        // changed) or a file cut short or padded.
-        let slot_count = u64_at(data, 24);
-        return Err(
-            if data[0..8] == MAGIC && file_len(slot_count) == data.len() as u64 {
-                MapFileError::WrongSlotCount {
-                    found: slot_count,
-                    expected: expect.slot_count,
-                }
-            } else {
-                wrong_length()
-            },
-        );
+    // Name the likelier cause: a whole map of another size (ptrack.map_size
+    // changed) or a file cut short.
+    let slot_count = u64_at(data, 24);
+    if data[0..8] == MAGIC
+        && slot_count != expect.slot_count
+        && file_len(slot_count) <= data.len() as u64
+    {
+        return Err(MapFileError::WrongSlotCount {
+            found: slot_count,
+            expected: expect.slot_count,
+        });
     }
-    Ok(())
+    if (data.len() as u64) < expected_len {
+        return Err(wrong_length());
+    }
+    Ok(expected_len as usize)
 }
 
-/// Every check but the CRC, on an image of the right length: the header's
-/// fields against `expect`, and the zero padding.
+/// Every check but the CRC and [`check_fresh`], on an image of the right
+/// length: the header's fields against `expect`, and the zero padding.
 fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFileError> {
     let crc_at = data.len() - TRAILER_LEN;
     let expected_len = file_len(expect.slot_count);
@@ -453,7 +488,11 @@ fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFil
         checkpoint_redo: Lsn(u64_at(data, 40)),
         data_checksum_version: u32_at(data, 48),
         wal_tracked_through: Lsn(u64_at(data, 56)),
+        base_nonce: u64_at(data, 64),
     };
+    if meta.base_nonce == 0 {
+        return Err(MapFileError::ZeroNonce);
+    }
     if meta.system_identifier != expect.system_identifier {
         return Err(MapFileError::ForeignCluster {
             found: meta.system_identifier,
@@ -476,12 +515,6 @@ fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFil
             expected: expect.mode,
         });
     }
-    if expect.mode == TrackingMode::Hooks && meta.checkpoint_redo < expect.latest_checkpoint_redo {
-        return Err(MapFileError::Stale {
-            map_redo: meta.checkpoint_redo,
-            control_redo: expect.latest_checkpoint_redo,
-        });
-    }
     if meta.data_checksum_version != expect.data_checksum_version {
         return Err(MapFileError::ChecksumsChanged {
             map: meta.data_checksum_version,
@@ -494,9 +527,23 @@ fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFil
     Ok(meta)
 }
 
+/// The check that delta records may change: in hook mode, the map (the
+/// full part with its delta records applied, `meta`) must have been written at the
+/// latest checkpoint or after it.
+pub(crate) fn check_fresh(meta: &MapFileMeta, expect: &Expectation) -> Result<(), MapFileError> {
+    if expect.mode == TrackingMode::Hooks && meta.checkpoint_redo < expect.latest_checkpoint_redo {
+        return Err(MapFileError::Stale {
+            map_redo: meta.checkpoint_redo,
+            control_redo: expect.latest_checkpoint_redo,
+        });
+    }
+    Ok(())
+}
+
 /// The highest LSN an intact map file (CRC, magic and version good) of the
 /// cluster `system_identifier` records — its init LSN, checkpoint REDO, WAL
-/// position and largest slot — even when it fails the other checks (stale,
+/// position and largest slot, in the full part or in a valid delta record
+/// after it — even when it fails the other checks (stale,
 /// restored, rewound). A map that replaces it must start above this. `None`
 /// for a damaged file, whose numbers mean nothing, and for another cluster's,
 /// whose LSNs say nothing of this one's.
@@ -506,28 +553,37 @@ pub fn highest_lsn_recorded(bytes: &[u8], system_identifier: u64) -> Option<Lsn>
     }
     // Only the slots hold LSNs; the cut table after them holds names.
     let slot_count = u64_at(bytes, 24);
-    if file_len(slot_count) != bytes.len() as u64 {
+    let base_len = file_len(slot_count);
+    if base_len > bytes.len() as u64 {
         return None;
     }
-    if u64_at(bytes, 16) != system_identifier {
+    let (base, tail) = bytes.split_at(base_len as usize);
+    if u64_at(base, 16) != system_identifier {
         return None;
     }
-    let crc_at = bytes.len() - TRAILER_LEN;
-    if u32_at(bytes, crc_at) != crc32fast::hash(&bytes[..crc_at])
-        || bytes[0..8] != MAGIC
-        || u32_at(bytes, 8) != FORMAT_VERSION
+    let crc_at = base.len() - TRAILER_LEN;
+    if u32_at(base, crc_at) != crc32fast::hash(&base[..crc_at])
+        || base[0..8] != MAGIC
+        || u32_at(base, 8) != FORMAT_VERSION
     {
         return None;
     }
     let slots_end = HEADER_LEN + slot_count as usize * 8;
-    let slots = bytes[HEADER_LEN..slots_end]
+    let slots = base[HEADER_LEN..slots_end]
         .chunks_exact(8)
         .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
-    let highest = slots
-        .chain([u64_at(bytes, 32), u64_at(bytes, 40), u64_at(bytes, 56)])
+    let in_base = slots
+        .chain([u64_at(base, 32), u64_at(base, 40), u64_at(base, 56)])
         .max()
         .unwrap_or(0);
-    Some(Lsn(highest))
+    let in_tail = delta::highest_lsn(
+        tail,
+        u64_at(base, 64),
+        slot_count as usize,
+        word_count(slot_count) as usize,
+        Lsn(u64_at(base, 40)),
+    );
+    Some(Lsn(in_base).max(in_tail.unwrap_or(Lsn::INVALID)))
 }
 
 /// Memory-maps `path` and verifies it.
@@ -599,6 +655,7 @@ mod tests {
             checkpoint_redo: Lsn(0x5000),
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
+            base_nonce: 0x5EED,
         }
     }
 
@@ -683,10 +740,13 @@ mod tests {
         check(resealed(0, b"XTRACKMP"), "magic", |e| {
             matches!(e, MapFileError::BadMagic)
         });
-        check(resealed(8, &3u32.to_le_bytes()), "version", |e| {
-            matches!(e, MapFileError::UnsupportedVersion { found: 3 })
+        check(resealed(8, &2u32.to_le_bytes()), "version", |e| {
+            matches!(e, MapFileError::UnsupportedVersion { found: 2 })
         });
-        check(resealed(12, &72u32.to_le_bytes()), "header length", |e| {
+        check(resealed(64, &0u64.to_le_bytes()), "nonce", |e| {
+            matches!(e, MapFileError::ZeroNonce)
+        });
+        check(resealed(12, &64u32.to_le_bytes()), "header length", |e| {
             matches!(e, MapFileError::BadHeaderLength { .. })
         });
         check(resealed(16, &1u64.to_le_bytes()), "foreign", |e| {
@@ -716,14 +776,23 @@ mod tests {
         check(image(&[1, 2, 3, 4, 5]), "wrong size", |e| {
             matches!(e, MapFileError::WrongSlotCount { .. })
         });
-        // Extra bytes appended and resealed: length no longer matches the count.
+        // Words inserted before the trailer and resealed: the full part's
+        // CRC is then not where the slot count puts it.
         let mut longer = good[..good.len() - TRAILER_LEN].to_vec();
         longer.extend_from_slice(&[0; 8]);
         longer.extend_from_slice(&[0; TRAILER_LEN]);
         reseal(&mut longer);
         check(longer, "longer", |e| {
-            matches!(e, MapFileError::WrongLength { .. })
+            matches!(e, MapFileError::ChecksumMismatch { .. })
         });
+        // Bytes after the full part that are no delta record change nothing.
+        let mut garbage_after = good.clone();
+        garbage_after.extend_from_slice(b"PTRKDLTA and then not a record at all");
+        let verified = verify(&garbage_after, &e).expect("garbage after the full part");
+        assert!(verified.slots().eq([10, 20, 30, 40]));
+        let header_verified = HeaderVerifiedMapFile::new(&garbage_after[..], &e).unwrap();
+        assert_eq!(header_verified.delta_applied().records, 0);
+        assert_eq!(header_verified.meta(), verified.meta());
     }
 
     #[test]
@@ -871,7 +940,7 @@ mod tests {
         assert_eq!(
             resized.ptrack24_text(path).as_deref(),
             Some(
-                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 1616 != 1624, deleting"
+                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 1624 != 1632, deleting"
             )
         );
         assert_eq!(MapFileError::RestoredOrRewound.ptrack24_text(path), None);

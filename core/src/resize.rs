@@ -41,7 +41,9 @@ use crate::block::{slot_pair, RelFileKey};
 use crate::cuts::CutTableFull;
 use crate::lsn::Lsn;
 use crate::map::{LsnMap, MapState, CUT_LEVELS};
-use crate::mapfile::{self, Expectation, MapFileError, MapFileMeta, HEADER_LEN, TRAILER_LEN};
+use crate::mapfile::{
+    self, delta, Expectation, MapFileError, MapFileMeta, HEADER_LEN, TRAILER_LEN,
+};
 use crate::walk::SegmentFile;
 
 /// A verified map file of another slot count, mapped privately, seen as a
@@ -73,7 +75,7 @@ impl OldMapFile {
         // read (the callers' contract, see `view`).
         let words =
             unsafe { std::slice::from_raw_parts(self.words, LsnMap::word_count(slot_count)) };
-        LsnMap::over_words(&self.state, words, slot_count)
+        LsnMap::over_words(&self.state, words, &[], slot_count)
             .expect("open_resized checked the slot count")
     }
 }
@@ -104,7 +106,29 @@ pub fn open_resized(path: &Path, expect: &Expectation) -> Result<OldMapFile, Map
         slot_count,
         ..*expect
     };
-    let meta = *mapfile::verify(&mapping[..], &own_size)?.meta();
+    let (base, base_len) = mapfile::verify_all_but_freshness(&mapping[..], &own_size)?;
+    let word_count = mapfile::word_count(slot_count) as usize;
+    let prefix = delta::scan(
+        &mapping[base_len..],
+        base.base_nonce,
+        word_count,
+        base.checkpoint_redo,
+    );
+    let meta = mapfile::with_delta(base, &prefix);
+    mapfile::check_fresh(&meta, &own_size)?;
+    // The delta records go into the private copy of the mapping, never
+    // the file, before the words are seen as atomics.
+    let (base_bytes, tail) = mapping.split_at_mut(base_len);
+    delta::apply_with(
+        tail,
+        &prefix,
+        base.base_nonce,
+        word_count,
+        |index, value| {
+            let at = HEADER_LEN + index * 8;
+            base_bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        },
+    );
     // SAFETY: the file is at least `HEADER_LEN + TRAILER_LEN` bytes long, so
     // the offset stays inside the mapping.
     let words = unsafe { mapping.as_mut_ptr().add(HEADER_LEN) }

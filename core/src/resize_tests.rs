@@ -226,6 +226,7 @@ mod file {
             checkpoint_redo: Lsn(0x5000),
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
+            base_nonce: 0x5EED,
         };
         mapfile::persist(dir, &meta, map.words()).unwrap();
     }

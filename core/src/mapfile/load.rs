@@ -8,34 +8,73 @@
 //! copied into the map, chunk by chunk, so each byte is read once. A map that
 //! fails the CRC is emptied before anyone sees it: loading happens at shmem
 //! startup, before any other process is attached.
+//!
+//! The delta records after the full part ([`super::delta`]) are checked
+//! before the header's freshness: the map is as new as its last record.
 
 use std::path::Path;
 
+use super::delta::{self, DeltaPrefix};
 use super::{
-    check_header, check_length, map_read_only, u32_at, Expectation, MapFileError, MapFileMeta,
-    CHUNK_BYTES, HEADER_LEN, TRAILER_LEN,
+    check_fresh, check_header, check_length, map_read_only, u32_at, word_count, Expectation,
+    MapFileError, MapFileMeta, CHUNK_BYTES, HEADER_LEN, TRAILER_LEN,
 };
 use crate::LsnMap;
 
 /// A map file whose length and header passed every check of an
-/// [`Expectation`]; its words are trusted only once [`Self::load_into`] has
-/// matched their CRC.
+/// [`Expectation`], with the valid delta records after its full part; its
+/// words are trusted only once [`Self::load_into`] has matched their CRC.
 pub struct HeaderVerifiedMapFile<B: AsRef<[u8]>> {
     bytes: B,
+    /// Where the full part ends and the delta records begin.
+    base_len: usize,
+    delta: DeltaPrefix,
+    /// The full part's header, with the last delta record's positions.
     meta: MapFileMeta,
 }
 
+/// `meta` with the positions of the last record of `prefix`.
+pub fn with_delta(meta: MapFileMeta, prefix: &DeltaPrefix) -> MapFileMeta {
+    match prefix.last {
+        Some(last) => MapFileMeta {
+            init_lsn: last.init_lsn,
+            checkpoint_redo: last.checkpoint_redo,
+            wal_tracked_through: last.wal_tracked_through,
+            ..meta
+        },
+        None => meta,
+    }
+}
+
 impl<B: AsRef<[u8]>> HeaderVerifiedMapFile<B> {
-    /// Checks everything but the CRC.
+    /// Checks everything but the full part's CRC.
     pub fn new(bytes: B, expect: &Expectation) -> Result<Self, MapFileError> {
         let data = bytes.as_ref();
-        check_length(data, expect)?;
-        let meta = check_header(data, expect)?;
-        Ok(HeaderVerifiedMapFile { bytes, meta })
+        let base_len = check_length(data, expect)?;
+        let base = check_header(&data[..base_len], expect)?;
+        let delta = delta::scan(
+            &data[base_len..],
+            base.base_nonce,
+            word_count(base.slot_count) as usize,
+            base.checkpoint_redo,
+        );
+        let meta = with_delta(base, &delta);
+        check_fresh(&meta, expect)?;
+        Ok(HeaderVerifiedMapFile {
+            bytes,
+            base_len,
+            delta,
+            meta,
+        })
     }
 
     pub fn meta(&self) -> &MapFileMeta {
         &self.meta
+    }
+
+    /// How many delta records and bytes of them a load applies.
+    pub fn delta_applied(&self) -> DeltaPrefix {
+        self.delta
     }
 
     /// Replaces `map`'s words and init LSN with the file's, checking the CRC
@@ -44,7 +83,7 @@ impl<B: AsRef<[u8]>> HeaderVerifiedMapFile<B> {
     /// slot count.
     pub fn load_into(&self, map: &LsnMap<'_>) -> Result<(), MapFileError> {
         debug_assert_eq!(map.slot_count() as u64, self.meta.slot_count);
-        let data = self.bytes.as_ref();
+        let (data, tail) = self.bytes.as_ref().split_at(self.base_len);
         let crc_at = data.len() - TRAILER_LEN;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&data[..HEADER_LEN]);
@@ -65,11 +104,13 @@ impl<B: AsRef<[u8]>> HeaderVerifiedMapFile<B> {
             map.reset();
             return Err(MapFileError::ChecksumMismatch { stored, computed });
         }
+        delta::apply(tail, &self.delta, self.meta.base_nonce, map.words());
         Ok(())
     }
 }
 
-/// Memory-maps `path` and checks its length and header.
+/// Memory-maps `path` and checks its length, its header and the freshness
+/// of the map its full part and delta records make.
 pub fn open_header_verified(
     path: &Path,
     expect: &Expectation,
@@ -108,6 +149,7 @@ mod tests {
             checkpoint_redo: Lsn(0x5000),
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
+            base_nonce: 0x5EED,
         };
         let mut image = Vec::new();
         write_map(&mut image, &meta, view.words()).unwrap();
