@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use ptrack_core::live::{LiveHeader, LiveIdentity};
-use ptrack_core::mapfile::{self, HeaderVerifiedMapFile, MapFileMeta, TrackingMode};
+use ptrack_core::mapfile::{self, Flushed, HeaderVerifiedMapFile, MapFileMeta, TrackingMode};
 use ptrack_core::startup;
 use ptrack_core::{Lsn, LsnMap};
 
@@ -165,6 +165,8 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         log!("ptrack: kept the live map across the restart of the server processes");
         if let Some(map) = shared_map() {
             forget_side_forks_after_crash(&map);
+            // A flush the crash interrupted took dirty bits it never wrote.
+            map.set_delta_position(None);
         }
         register_final_flush();
     }
@@ -283,6 +285,9 @@ fn start_in_live_file(region: *mut u8) {
     match header.resumable(&identity, file_redo) {
         Ok(()) if hook_mode && identity.boot_id != [0; 16] => {
             map.set_flushed_redo(header.base_redo());
+            // The file on disk was checked only by its header: the first
+            // flush writes it whole again rather than append to it.
+            map.set_delta_position(None);
             if verdict.crash_recovery_on.is_some() {
                 forget_side_forks_after_crash(&map);
             }
@@ -420,8 +425,10 @@ pub fn flush_at_checkpoint() {
     }
 }
 
-/// Writes the map to `global/ptrack.map`, stamped with the checkpoint REDO
-/// `redo`, through the developer settings' fault-injection points.
+/// Writes the map to `global/`, stamped with the checkpoint REDO `redo`: the
+/// regions changed since the last flush appended to the map file as a delta
+/// record, or the whole map file (see `ptrack_core::mapfile::flush_map`), through the
+/// developer settings' fault-injection points.
 pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
     let meta = MapFileMeta {
         system_identifier: system_identifier(),
@@ -430,6 +437,7 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
         checkpoint_redo: redo,
         data_checksum_version: data_checksum_version(),
         wal_tracked_through: map.wal_tracked_through(),
+        base_nonce: 0,
     };
     let pause =
         std::time::Duration::from_millis(settings::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
@@ -446,9 +454,22 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
             _ => Ok(()),
         }
     };
+    if settings::DEBUG_FULL_FLUSHES.get() == 1 {
+        map.set_delta_position(None);
+    }
     let global = server::data_dir().join("global");
-    mapfile::persist_with(&global, &meta, map.words(), &mut inject_faults)?;
+    let flushed = mapfile::flush_map(&global, map, &meta, &mut inject_faults)?;
     flushed_at(map, redo);
+    match flushed {
+        Flushed::Full { bytes } => {
+            debug1!("ptrack: wrote the full map ({bytes} bytes) at REDO {redo}")
+        }
+        Flushed::Delta { bytes, regions } => debug1!(
+            "ptrack: appended {regions} changed regions ({bytes} bytes) to \"global/{}\" at REDO \
+             {redo}",
+            meta.mode().map_file_name()
+        ),
+    }
     Ok(())
 }
 
@@ -519,11 +540,15 @@ fn load(map: &LsnMap<'_>, file: &HeaderVerifiedMapFile<memmap2::Mmap>) -> bool {
         TrackingMode::Hooks => format!("written at checkpoint REDO {}", meta.checkpoint_redo),
         TrackingMode::Wal => format!("WAL read up to {}", meta.wal_tracked_through),
     };
+    let applied = file.delta_applied();
     log!(
-        "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, {position}) into {}",
+        "ptrack: loaded map \"global/{}\" ({} slots, init LSN {}, {position}) with {} delta \
+         records ({} bytes) into {}",
         meta.mode().map_file_name(),
         map.slot_count(),
         meta.init_lsn,
+        applied.records,
+        applied.len,
         backing()
     );
     true

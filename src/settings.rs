@@ -57,6 +57,9 @@ pub static DEBUG_FLUSH_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `ptrack.debug_flush_fail_after_chunks`: fail every flush with an I/O error
 /// after this many chunks, as a full disk would.
 pub static DEBUG_FLUSH_FAIL_AFTER_CHUNKS: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// `ptrack.debug_full_flushes`: every flush writes the whole map file while
+/// 1, so a test can catch or fail a full write at any checkpoint.
+pub static DEBUG_FULL_FLUSHES: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `ptrack.debug_follower_paused`: the WAL follower reads nothing while 1,
 /// so a test can make it fall behind (slot invalidation, wait timeouts).
 pub static DEBUG_FOLLOWER_PAUSED: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -109,6 +112,16 @@ pub fn define() {
         &DEBUG_FLUSH_FAIL_AFTER_CHUNKS,
         0,
         i32::MAX,
+        GucContext::Sighup,
+        developer,
+    );
+    GucRegistry::define_int_guc(
+        c"ptrack.debug_full_flushes",
+        c"Developer option: every map flush writes the whole map while 1 (fault-injection tests).",
+        c"",
+        &DEBUG_FULL_FLUSHES,
+        0,
+        1,
         GucContext::Sighup,
         developer,
     );

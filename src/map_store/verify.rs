@@ -126,8 +126,9 @@ pub fn verified_map_file(slot_count: usize) -> Option<MapFileVerdict> {
     })
 }
 
-/// The highest LSN the rejected map file at `path` records, read through a
-/// mapping: it can be gigabytes, and a start must not fail for want of memory.
+/// The highest LSN the rejected map file at `path` records, delta records
+/// included, read through a mapping: it can be gigabytes, and a start must
+/// not fail for want of memory.
 fn recorded_highest(path: &std::path::Path, system_identifier: u64) -> Option<Lsn> {
     let file = File::open(path).ok()?;
     // SAFETY: a private read-only mapping of a file in the data directory that
