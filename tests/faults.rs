@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 use common::checker::{cold_check, take_snapshot_a, ColdCheck, SnapshotA};
 use common::env::{mode_and_owner, server_uid};
 use common::log::ptrack_lines;
+use common::mapfile::{full_part_len, map_header};
 use common::util::{phase, seed_from_env, wait_for, Rng};
 use common::{workload, Cluster, Lsn, StopMode};
 
 const PAUSE: &str = "ptrack.debug_flush_pause_ms";
 const FAIL_AFTER: &str = "ptrack.debug_flush_fail_after_chunks";
+/// Every flush writes the whole map (a temporary file and a rename) while 1;
+/// otherwise only the first after a start does, and later ones append to the
+/// delta file.
+const FULL: &str = "ptrack.debug_full_flushes";
 
 /// A new cluster with the settings `conf`, the workload's starting state and
 /// snapshot A (taken at a clean stop); the server runs again.
@@ -34,10 +39,12 @@ fn with_snapshot_a(name: &str, t0: Instant, conf: &[(&str, &str)]) -> (Cluster, 
     (c, a)
 }
 
-/// The checkpoint REDO LSN recorded in the header of `global/ptrack.map`.
+/// The checkpoint REDO LSN of the map on disk: `global/ptrack.map`'s, or
+/// its delta file's last whole record's.
 fn map_header_redo(c: &Cluster) -> Lsn {
-    let b = fs::read(c.map_path()).expect("read global/ptrack.map");
-    Lsn(u64::from_le_bytes(b[40..48].try_into().expect("8 bytes")))
+    map_header(&c.pgdata)
+        .expect("read global/ptrack.map")
+        .checkpoint_redo
 }
 
 /// Asserts the log excerpt shows crash recovery.
@@ -75,6 +82,7 @@ fn immediate_stop_during_map_flush() {
     // ptrack.map_size = 64: 256 chunks of 256 kB.
     let conf = [("ptrack.map_size", "64"), ("shared_buffers", "'16MB'")];
     let (mut c, a) = with_snapshot_a(name, t0, &conf);
+    c.set_sighup(FULL, "1");
     c.set_sighup(PAUSE, "50"); // a flush now takes >= 12.8 s
     let bench = c.spawn_pgbench(
         workload::BENCH_DB,
@@ -97,7 +105,9 @@ fn immediate_stop_during_map_flush() {
     );
     // Without a reload: the running checkpointer keeps pausing, the next start
     // does not.
-    c.psql(&format!("ALTER SYSTEM RESET {PAUSE};"));
+    c.psql(&format!(
+        "ALTER SYSTEM RESET {PAUSE}; ALTER SYSTEM RESET {FULL};"
+    ));
     let redo_before = c.controldata_redo_lsn();
     c.stop(StopMode::Immediate);
     let leftover = len(&tmp);
@@ -146,6 +156,83 @@ fn immediate_stop_during_map_flush() {
     phase(name, t0, "done");
 }
 
+/// (a') An immediate stop in the middle of a delta append, and a start
+/// without the live map (as after a reboot): the map is the full file and
+/// the delta's whole records; the record cut short is ignored, pg_control
+/// still names the checkpoint of the last whole one, and no change is lost.
+#[test]
+fn immediate_stop_during_a_delta_append() {
+    let name = "delta_crash";
+    let t0 = Instant::now();
+    let conf = [("ptrack.map_size", "64"), ("shared_buffers", "'16MB'")];
+    let (mut c, a) = with_snapshot_a(name, t0, &conf);
+    let map = c.map_path();
+    let len = |p: &std::path::Path| fs::metadata(p).map_or(0, |m| m.len());
+    let full_part = full_part_len(64 << 17) as u64;
+    // The first flush after the start writes the full map, the next one a
+    // whole delta record after it.
+    c.psql("CHECKPOINT");
+    assert_eq!(
+        len(&map),
+        full_part,
+        "[{name}] the full flush left delta records"
+    );
+    c.pgbench(workload::BENCH_DB, &["-n", "-c", "2", "-j", "2", "-T", "2"]);
+    c.psql("CHECKPOINT");
+    let whole = len(&map);
+    assert!(
+        whole > full_part,
+        "[{name}] the second flush appended nothing"
+    );
+    assert_eq!(map_header_redo(&c), c.controldata_redo_lsn());
+
+    // 30 s after the next record's header ("29999ms": SHOW keeps the unit).
+    c.set_sighup(PAUSE, "29999");
+    let bench = c.spawn_pgbench(
+        workload::BENCH_DB,
+        &["-n", "-c", "2", "-j", "2", "-T", "300"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let checkpoint = c.spawn_psql("CHECKPOINT");
+    assert!(
+        wait_for(Duration::from_secs(60), || len(&map) > whole),
+        "[{name}] no delta append began"
+    );
+    c.psql(&format!("ALTER SYSTEM RESET {PAUSE};"));
+    let redo_before = c.controldata_redo_lsn();
+    c.stop(StopMode::Immediate);
+    assert_eq!(
+        len(&map),
+        whole + 64,
+        "[{name}] the stop did not leave a record cut after its header"
+    );
+    assert_eq!(c.controldata_redo_lsn(), redo_before);
+    assert!(!checkpoint.finish(Duration::from_secs(30)));
+    bench.finish(Duration::from_secs(30));
+    if let Some(live) = c.live_map_file() {
+        fs::remove_file(live).expect("remove the live map");
+    }
+    phase(name, t0, "stopped in the middle of a delta append");
+
+    let mark = c.log_mark();
+    c.start();
+    let log = c.log_since(mark);
+    assert_recovered(name, &log);
+    assert!(
+        log.contains("ptrack: loaded map") && log.contains("with 1 delta records"),
+        "[{name}] the full map and its one whole delta record were not loaded:\n{log}"
+    );
+    assert!(
+        !log.contains("discard"),
+        "[{name}] a map was discarded after the crash:\n{log}"
+    );
+    workload::part2(&c);
+    let snap_b = c.base.join("snap_b");
+    let check = cold_check(&mut c, &a, &snap_b, name);
+    assert_sound(name, &check, a.lsn, 2_000);
+    phase(name, t0, "done");
+}
+
 /// Background DDL run during the random-crash cycles.
 const CRASH_DDL: &[&str] = &[
     "VACUUM FULL vf_t",
@@ -172,6 +259,7 @@ fn immediate_stops_at_random_moments() {
 
     let cycles = 6;
     let mut during_flush = 0;
+    let mut full_flushes = false;
     let mut backend_kills = 0;
     for cycle in 0..cycles {
         let clients = rng.range(1, 3).to_string();
@@ -187,6 +275,12 @@ fn immediate_stops_at_random_moments() {
         // One cycle in three aims at a map flush: CHECKPOINT, wait for the
         // temporary map file, stop 0-600 ms into the (>= 1.3 s) flush.
         let aim_at_flush = rng.chance(0.34);
+        // Full writes only when aiming at one; the other checkpoints append
+        // to the delta file, and stops land in those appends at random.
+        if aim_at_flush != full_flushes {
+            c.set_sighup(FULL, if aim_at_flush { "1" } else { "0" });
+            full_flushes = aim_at_flush;
+        }
         let checkpoint = (aim_at_flush || rng.chance(0.5)).then(|| {
             std::thread::sleep(Duration::from_millis(rng.range(0, 1500)));
             c.spawn_psql("CHECKPOINT")
@@ -260,6 +354,7 @@ fn immediate_stops_at_random_moments() {
         );
     }
     c.reset_sighup(PAUSE);
+    c.reset_sighup(FULL);
     c.pgbench(workload::BENCH_DB, &["-n", "-c", "2", "-j", "2", "-T", "3"]);
     let snap_b = c.base.join("snap_b");
     let check = cold_check(&mut c, &a, &snap_b, name);
@@ -475,7 +570,8 @@ fn map_files_are_private() {
     c.psql("CREATE EXTENSION ptrack; CREATE TABLE t AS SELECT 1 AS x; CHECKPOINT;");
     assert_private_to_server(name, &c.map_path());
 
-    // Catch the temporary file during a slowed-down flush.
+    // Catch the temporary file during a slowed-down full flush.
+    c.set_sighup(FULL, "1");
     c.set_sighup(PAUSE, "20");
     let checkpoint = c.spawn_psql("CHECKPOINT");
     let tmp = c.temp_map_path();
@@ -495,6 +591,7 @@ fn map_files_are_private() {
         eprintln!("[{name}] no live map in /dev/shm: the server keeps it in shared memory");
     }
     c.reset_sighup(PAUSE);
+    c.reset_sighup(FULL);
     c.restart();
     assert_private_to_server(name, &c.map_path());
 }

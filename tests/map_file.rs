@@ -8,18 +8,19 @@ mod common;
 use std::fs;
 
 use common::log::ptrack_warnings;
+use common::mapfile::delta_records;
 use common::workload::create_known_table;
 use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, MAP_SIZE_MB};
 
 const MAGIC: &[u8; 8] = b"PTRACKMP";
-const HEADER_LEN: usize = 64;
+const HEADER_LEN: usize = 72;
 const TRAILER_LEN: usize = 8;
 
 fn slot_count(map_mb: u64) -> u64 {
     map_mb * 1_048_576 / 8
 }
 
-/// Format version 2: after the slots, the cut table of one three-word entry
+/// Format version 3 (as 2): after the slots, the cut table of one three-word entry
 /// per 512 slots (at least 64, at most 2^22 entries).
 fn cut_table_words(map_mb: u64) -> u64 {
     (slot_count(map_mb) / 512).clamp(64, 1 << 22) * 3
@@ -44,18 +45,21 @@ struct Header {
     checkpoint_redo: Lsn,
 }
 
-/// Reads the map file and checks every field of the layout.
+/// Reads the map file and checks every field of the layout; the positions
+/// are those of the delta file's last whole record, if it has one.
 fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
     let path = c.map_path();
     let b = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert_eq!(
+    // The full part, then the delta records of the checkpoints since it.
+    assert!(
+        b.len() >= map_len(map_mb),
+        "length {} of {} for map_size = {map_mb}MB",
         b.len(),
-        map_len(map_mb),
-        "length of {} for map_size = {map_mb}MB",
         path.display()
     );
+    let (b, records) = b.split_at(map_len(map_mb));
     assert_eq!(&b[0..8], MAGIC, "magic");
-    assert_eq!(u32_at(&b, 8), 2, "format version");
+    assert_eq!(u32_at(&b, 8), 3, "format version");
     assert_eq!(u32_at(&b, 12), HEADER_LEN as u32, "header length");
     assert_eq!(u64_at(&b, 16), c.system_identifier(), "system identifier");
     assert_eq!(u64_at(&b, 24), slot_count(map_mb), "slot count");
@@ -65,9 +69,11 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
         "data checksum version (the cluster has checksums)"
     );
     assert!(
-        b[52..64].iter().all(|&x| x == 0),
-        "header bytes 52..64 are not zero"
+        b[52..56].iter().all(|&x| x == 0),
+        "header bytes 52..56 are not zero"
     );
+    assert_eq!(u64_at(&b, 56), 0, "a WAL position in a hook-mode map");
+    assert_ne!(u64_at(&b, 64), 0, "the nonce is zero");
     let trailer = b.len() - TRAILER_LEN;
     assert_eq!(
         u32_at(&b, trailer),
@@ -80,10 +86,16 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
         !c.pgdata.join("global/ptrack.map.tmp").exists(),
         "global/ptrack.map.tmp left behind"
     );
-    let header = Header {
+    let mut header = Header {
         init_lsn: Lsn(u64_at(&b, 32)),
         checkpoint_redo: Lsn(u64_at(&b, 40)),
     };
+    for (init_lsn, checkpoint_redo) in delta_records(records, u64_at(b, 64)) {
+        header = Header {
+            init_lsn,
+            checkpoint_redo,
+        };
+    }
     assert_eq!(
         header.checkpoint_redo,
         c.controldata_redo_lsn(),
@@ -183,33 +195,47 @@ enum Damage {
     CrcBitFlip,
     WrongVersion,
     ForeignSystemId,
+    /// A bit of the last delta record (the shutdown checkpoint's):
+    /// the map is then the one of an older checkpoint, stale.
+    DeltaRecordBitFlip,
 }
 
 fn damage_map(c: &Cluster, kind: Damage) {
     let path = c.map_path();
     let mut b = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert_eq!(b.len(), map_len(MAP_SIZE_MB), "map before damaging it");
+    let full_part = map_len(MAP_SIZE_MB);
+    assert!(b.len() >= full_part, "map before damaging it");
     match kind {
         Damage::Empty => b.clear(),
-        Damage::Truncated => b.truncate(b.len() / 2),
+        Damage::Truncated => b.truncate(full_part / 2),
         Damage::MagicBitFlip => b[0] ^= 0x01,
         Damage::SlotBitFlip => {
             let off = HEADER_LEN + 8 * (slot_count(MAP_SIZE_MB) as usize / 2);
             b[off] ^= 0x10;
         }
         Damage::CrcBitFlip => {
-            let off = b.len() - TRAILER_LEN;
+            let off = full_part - TRAILER_LEN;
             b[off] ^= 0x80;
         }
         Damage::WrongVersion => {
-            // Version 1, the format before the cut table: what an upgrade finds.
-            b[8..12].copy_from_slice(&1u32.to_le_bytes());
-            recompute_crc(&mut b);
+            // Version 2, the format before the delta file: what an upgrade
+            // from the previous release finds.
+            b[8..12].copy_from_slice(&2u32.to_le_bytes());
+            recompute_crc(&mut b[..full_part]);
         }
         Damage::ForeignSystemId => {
             let sysid = u64_at(&b, 16) ^ 0x0123_4567_89AB_CDEF;
             b[16..24].copy_from_slice(&sysid.to_le_bytes());
-            recompute_crc(&mut b);
+            recompute_crc(&mut b[..full_part]);
+        }
+        Damage::DeltaRecordBitFlip => {
+            assert!(
+                b.len() > full_part,
+                "the shutdown checkpoint appended no delta record"
+            );
+            // In the last record's end of runs.
+            let off = b.len() - 12;
+            b[off] ^= 0x04;
         }
     }
     // Rewrite in place: the file keeps its owner.
@@ -392,6 +418,7 @@ fn damaged_map_is_discarded() {
         Damage::CrcBitFlip,
         Damage::WrongVersion,
         Damage::ForeignSystemId,
+        Damage::DeltaRecordBitFlip,
     ] {
         expect_discard(&mut c, &known, &format!("{kind:?}"), true, |c| {
             damage_map(c, kind)
@@ -450,7 +477,7 @@ fn map_size_changes() {
     let mid = Lsn(c.wal_insert_lsn().0 - 1);
     c.stop(StopMode::Fast);
     let mut b = fs::read(c.map_path()).expect("read map");
-    let crc_at = b.len() - TRAILER_LEN;
+    let crc_at = map_len(8) - TRAILER_LEN;
     b[crc_at] ^= 0x80;
     fs::write(c.map_path(), &b).expect("write map");
     c.set_conf("ptrack.map_size", &MAP_SIZE_MB.to_string());

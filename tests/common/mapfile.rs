@@ -62,23 +62,76 @@ pub fn map_header(pgdata: &Path) -> Option<MapHeader> {
     map_header_of(&pgdata.join("global").join(map_file_name()))
 }
 
-/// Reads the header of the map file `path`, `None` when there is no such
-/// file. Panics on a file that does not start with the map's magic.
+/// Bytes of a map file's full part for `slot_count` slots (format 3): the
+/// header, the slots, the cut table (three words per 512 slots, 64 to 2^22
+/// entries), the trailer. Delta records follow it.
+pub fn full_part_len(slot_count: u64) -> usize {
+    72 + 8 * (slot_count + (slot_count / 512).clamp(64, 1 << 22) * 3) as usize + 8
+}
+
+/// Reads the header of the map file `path` as its delta records update it
+/// (the last whole record), `None` when there is no such file. Panics on a
+/// file that does not start with the map's magic.
 pub fn map_header_of(path: &Path) -> Option<MapHeader> {
     let bytes = fs::read(path).ok()?;
     assert!(
-        bytes.len() >= 64 && &bytes[0..8] == b"PTRACKMP",
+        bytes.len() >= 72 && &bytes[0..8] == b"PTRACKMP",
         "{} is not a ptrack map ({} bytes)",
         path.display(),
         bytes.len()
     );
     let u64_at = |off: usize| u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"));
-    Some(MapHeader {
+    let mut header = MapHeader {
         system_identifier: u64_at(16),
         init_lsn: Lsn(u64_at(32)),
         checkpoint_redo: Lsn(u64_at(40)),
         data_checksum_version: u32::from_le_bytes(bytes[48..52].try_into().expect("4 bytes")),
-    })
+    };
+    let base_len = full_part_len(u64_at(24)).min(bytes.len());
+    for (init, redo) in delta_records(&bytes[base_len..], u64_at(64)) {
+        header.init_lsn = init;
+        header.checkpoint_redo = redo;
+    }
+    Some(header)
+}
+
+/// (init LSN, REDO) of each whole delta record in `delta` (what follows a
+/// map file's full part) that continues the full part `nonce`, in order. Read here from the format as
+/// the core's documentation gives it, not with the core's reader.
+pub fn delta_records(delta: &[u8], nonce: u64) -> Vec<(Lsn, Lsn)> {
+    let u64_at = |off: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            delta.get(off..off + 8)?.try_into().ok()?,
+        ))
+    };
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while delta.get(at..at + 8) == Some(b"PTRKDLTA".as_slice())
+        && u64_at(at + 8) == Some(nonce)
+        && u64_at(at + 16) == Some(at as u64)
+    {
+        // Runs of (first word, count, words) up to the (u64::MAX, 0) end.
+        let mut run = at + 64;
+        let end = loop {
+            match (u64_at(run), u64_at(run + 8)) {
+                (Some(u64::MAX), Some(0)) => break Some(run + 16),
+                (Some(_), Some(count)) if count > 0 && count < (1 << 40) => {
+                    run += 16 + 8 * count as usize;
+                }
+                _ => break None,
+            }
+        };
+        let Some(crc_at) = end else { break };
+        let Some(stored) = delta.get(crc_at..crc_at + 4) else {
+            break;
+        };
+        if crc32fast::hash(&delta[at..crc_at]).to_le_bytes() != stored {
+            break;
+        }
+        records.push((Lsn(u64_at(at + 24).unwrap()), Lsn(u64_at(at + 32).unwrap())));
+        at = crc_at + 8;
+    }
+    records
 }
 
 /// Names of ptrack's map files in `<pgdata>/global`, of either mode
