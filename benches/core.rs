@@ -135,6 +135,7 @@ fn flush_and_verify(c: &mut Criterion) {
         data_checksum_version: 1,
         wal_tracked_through: Lsn::INVALID,
         base_nonce: 1,
+        side_forks_tracked_from: Lsn::INVALID,
     };
     let mut group = c.benchmark_group("map file");
     group.throughput(Throughput::Bytes((megabytes * MB) as u64));

@@ -175,7 +175,8 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
 /// A process killed between a block's write and its mark leaves nothing that
 /// redo writes again for the forks the WAL does not carry: after a crash they
 /// are reported in full until the next checkpoint. A clean shutdown kills no
-/// process mid-write; a map loaded from its file has forgotten them anyway.
+/// process mid-write; a map loaded from its file after a crash keeps none of
+/// the file's side-fork position (see `load`).
 fn forget_side_forks_after_crash(map: &LsnMap<'_>) {
     map.forget_side_forks();
 }
@@ -222,7 +223,9 @@ fn start_verdict() -> Option<MapFileVerdict> {
 /// reading, never below the verdict's floor.
 fn start_map(map: &LsnMap<'_>, verdict: &MapFileVerdict) {
     let loaded = match (&verdict.file, &verdict.resized) {
-        (Some(file), _) => load(map, file).then(|| *file.meta()),
+        (Some(file), _) => {
+            load(map, file, verdict.crash_recovery_on.is_none()).then(|| *file.meta())
+        }
         (None, Some(old)) => resize::carry_over_resized(map, old),
         (None, None) => None,
     };
@@ -438,6 +441,7 @@ pub fn persist_map(map: &LsnMap<'_>, redo: Lsn) -> std::io::Result<()> {
         data_checksum_version: data_checksum_version(),
         wal_tracked_through: map.wal_tracked_through(),
         base_nonce: 0,
+        side_forks_tracked_from: map.side_forks_tracked_from(),
     };
     let pause =
         std::time::Duration::from_millis(settings::DEBUG_FLUSH_PAUSE_MS.get().max(0) as u64);
@@ -526,8 +530,16 @@ unsafe extern "C-unwind" fn final_flush(_code: i32, _arg: pg_sys::Datum) {
 }
 
 /// Loads a map file whose header passed every check; `false`, with the
-/// map left empty and a WARNING, when its words fail their CRC.
-fn load(map: &LsnMap<'_>, file: &HeaderVerifiedMapFile<memmap2::Mmap>) -> bool {
+/// map left empty and a WARNING, when its words fail their CRC. After a
+/// clean shutdown (`shut_down_cleanly`) the map written at it holds every
+/// mark made before, so the free space and visibility maps stay answered
+/// block by block from where the file says; after a crash they are not
+/// (see `forget_side_forks_after_crash`).
+fn load(
+    map: &LsnMap<'_>,
+    file: &HeaderVerifiedMapFile<memmap2::Mmap>,
+    shut_down_cleanly: bool,
+) -> bool {
     let mode = file.meta().mode();
     if let Err(error) = file.load_into(map) {
         warn_discarded(&error, mode);
@@ -535,6 +547,10 @@ fn load(map: &LsnMap<'_>, file: &HeaderVerifiedMapFile<memmap2::Mmap>) -> bool {
     }
     map.set_flushed_redo(file.meta().checkpoint_redo);
     map.set_wal_tracked_through(file.meta().wal_tracked_through);
+    let side_forks_from = file.meta().side_forks_tracked_from;
+    if shut_down_cleanly && mode == TrackingMode::Hooks && side_forks_from.is_valid() {
+        map.track_side_forks_from(side_forks_from);
+    }
     let meta = file.meta();
     let position = match meta.mode() {
         TrackingMode::Hooks => format!("written at checkpoint REDO {}", meta.checkpoint_redo),

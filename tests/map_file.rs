@@ -13,7 +13,7 @@ use common::workload::create_known_table;
 use common::{chown_to_server, Cluster, Lsn, PageMapSet, StopMode, MAP_SIZE_MB};
 
 const MAGIC: &[u8; 8] = b"PTRACKMP";
-const HEADER_LEN: usize = 72;
+const HEADER_LEN: usize = 80;
 const TRAILER_LEN: usize = 8;
 
 fn slot_count(map_mb: u64) -> u64 {

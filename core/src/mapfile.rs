@@ -15,7 +15,8 @@
 //! | 52 | 4 | zero |
 //! | 56 | 8 | WAL mode: end of the last WAL record marked; hook mode: 0 |
 //! | 64 | 8 | nonce of this file, never 0: the delta records name it |
-//! | 72 | 8 × slot count | slots |
+//! | 72 | 8 | hook mode: the LSN from which FSM and VM writes are all marked, or 0 |
+//! | 80 | 8 × slot count | slots |
 //! | after the slots | 8 × [`CutTable::words_for`]`(slot count)` | the cut table ([`crate::cuts`]) |
 //! | … | 4 | CRC-32 of every byte before it |
 //! | … | 4 | zero |
@@ -52,7 +53,7 @@ pub const MAGIC: [u8; 8] = *b"PTRACKMP";
 /// Version 3: the layout above and the hash of [`crate::block`]. Version 2
 /// had no nonce (and no delta records), version 1 no cut table.
 pub const FORMAT_VERSION: u32 = 3;
-pub const HEADER_LEN: usize = 72;
+pub const HEADER_LEN: usize = 80;
 pub const TRAILER_LEN: usize = 8;
 /// Hook mode's file, in `global/`, named as C ptrack names it: the core patch
 /// makes PostgreSQL's tools treat it specially.
@@ -86,6 +87,10 @@ pub struct MapFileMeta {
     pub wal_tracked_through: Lsn,
     /// The full file's nonce: what binds delta records to it.
     pub base_nonce: u64,
+    /// Hook mode: every write of a free-space-map or visibility-map block
+    /// since this LSN is in the map (see `LsnMap::track_side_forks_from`);
+    /// `Lsn::INVALID`: none is vouched for.
+    pub side_forks_tracked_from: Lsn,
 }
 
 impl MapFileMeta {
@@ -241,6 +246,7 @@ fn encode_header(meta: &MapFileMeta) -> [u8; HEADER_LEN] {
     header[48..52].copy_from_slice(&meta.data_checksum_version.to_le_bytes());
     header[56..64].copy_from_slice(&meta.wal_tracked_through.0.to_le_bytes());
     header[64..72].copy_from_slice(&meta.base_nonce.to_le_bytes());
+    header[72..80].copy_from_slice(&meta.side_forks_tracked_from.0.to_le_bytes());
     header
 }
 
@@ -489,6 +495,7 @@ fn check_header(data: &[u8], expect: &Expectation) -> Result<MapFileMeta, MapFil
         data_checksum_version: u32_at(data, 48),
         wal_tracked_through: Lsn(u64_at(data, 56)),
         base_nonce: u64_at(data, 64),
+        side_forks_tracked_from: Lsn(u64_at(data, 72)),
     };
     if meta.base_nonce == 0 {
         return Err(MapFileError::ZeroNonce);
@@ -656,6 +663,7 @@ mod tests {
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
             base_nonce: 0x5EED,
+            side_forks_tracked_from: Lsn::INVALID,
         }
     }
 
@@ -940,7 +948,7 @@ mod tests {
         assert_eq!(
             resized.ptrack24_text(path).as_deref(),
             Some(
-                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 1624 != 1632, deleting"
+                "ptrack init: unexpected \"/data/global/ptrack.map\" file size 1632 != 1640, deleting"
             )
         );
         assert_eq!(MapFileError::RestoredOrRewound.ptrack24_text(path), None);

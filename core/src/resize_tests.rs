@@ -227,6 +227,7 @@ mod file {
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
             base_nonce: 0x5EED,
+            side_forks_tracked_from: Lsn::INVALID,
         };
         mapfile::persist(dir, &meta, map.words()).unwrap();
     }

@@ -63,10 +63,10 @@ pub fn map_header(pgdata: &Path) -> Option<MapHeader> {
 }
 
 /// Bytes of a map file's full part for `slot_count` slots (format 3): the
-/// header, the slots, the cut table (three words per 512 slots, 64 to 2^22
-/// entries), the trailer. Delta records follow it.
+/// header (80), the slots, the cut table (three words per 512 slots, 64 to
+/// 2^22 entries), the trailer (8). Delta records follow it.
 pub fn full_part_len(slot_count: u64) -> usize {
-    72 + 8 * (slot_count + (slot_count / 512).clamp(64, 1 << 22) * 3) as usize + 8
+    80 + 8 * (slot_count + (slot_count / 512).clamp(64, 1 << 22) * 3) as usize + 8
 }
 
 /// Reads the header of the map file `path` as its delta records update it
@@ -75,7 +75,7 @@ pub fn full_part_len(slot_count: u64) -> usize {
 pub fn map_header_of(path: &Path) -> Option<MapHeader> {
     let bytes = fs::read(path).ok()?;
     assert!(
-        bytes.len() >= 72 && &bytes[0..8] == b"PTRACKMP",
+        bytes.len() >= 80 && &bytes[0..8] == b"PTRACKMP",
         "{} is not a ptrack map ({} bytes)",
         path.display(),
         bytes.len()

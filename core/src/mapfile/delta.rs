@@ -19,7 +19,8 @@
 //! | 24 | 8 | init LSN at the flush |
 //! | 32 | 8 | REDO LSN of the checkpoint the flush belongs to |
 //! | 40 | 8 | WAL mode: WAL tracked through at the flush; hook mode: 0 |
-//! | 48 | 16 | zero |
+//! | 48 | 8 | hook mode: FSM and VM tracked from (as the full part's header) |
+//! | 56 | 8 | zero |
 //! | 64 | … | runs: first word index (8), word count (8, at least 1), the words |
 //! | … | 16 | end of runs: `u64::MAX`, 0 |
 //! | … | 4 | CRC-32 of the record before it |
@@ -52,6 +53,7 @@ pub struct RecordMeta {
     pub init_lsn: Lsn,
     pub checkpoint_redo: Lsn,
     pub wal_tracked_through: Lsn,
+    pub side_forks_tracked_from: Lsn,
 }
 
 /// The valid records after a full part.
@@ -84,7 +86,6 @@ fn parse_record(
     if record.get(0..8)? != RECORD_MAGIC
         || u64_at(record, 8)? != nonce
         || u64_at(record, 16)? != at as u64
-        || u64_at(record, 48)? != 0
         || u64_at(record, 56)? != 0
     {
         return None;
@@ -93,6 +94,7 @@ fn parse_record(
         init_lsn: Lsn(u64_at(record, 24)?),
         checkpoint_redo: Lsn(u64_at(record, 32)?),
         wal_tracked_through: Lsn(u64_at(record, 40)?),
+        side_forks_tracked_from: Lsn(u64_at(record, 48)?),
     };
     let mut offset = RECORD_HEADER_LEN;
     let mut next_word = 0usize;
@@ -258,6 +260,7 @@ pub fn write_record(
     header[24..32].copy_from_slice(&meta.init_lsn.0.to_le_bytes());
     header[32..40].copy_from_slice(&meta.checkpoint_redo.0.to_le_bytes());
     header[40..48].copy_from_slice(&meta.wal_tracked_through.0.to_le_bytes());
+    header[48..56].copy_from_slice(&meta.side_forks_tracked_from.0.to_le_bytes());
     emit(&header, out, &mut crc)?;
     let words = map.words();
     map.dirty_regions().take_runs(words.len(), |first, count| {

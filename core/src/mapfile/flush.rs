@@ -112,6 +112,7 @@ fn append_record(
         init_lsn: meta.init_lsn,
         checkpoint_redo: meta.checkpoint_redo,
         wal_tracked_through: meta.wal_tracked_through,
+        side_forks_tracked_from: meta.side_forks_tracked_from,
     };
     let mut writer = io::BufWriter::with_capacity(CHUNK_BYTES, &mut file);
     let written = delta::write_record(

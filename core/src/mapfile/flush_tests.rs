@@ -52,6 +52,7 @@ fn meta_at(map: &OwnedLsnMap, redo: u64) -> MapFileMeta {
         data_checksum_version: 1,
         wal_tracked_through: Lsn::INVALID,
         base_nonce: 0,
+        side_forks_tracked_from: map.view().side_forks_tracked_from(),
     }
 }
 
@@ -302,4 +303,29 @@ fn a_resized_map_is_read_with_its_delta() {
         .map(|w| w.load(Ordering::Relaxed))
         .collect();
     assert_eq!(carried, words_of(&map));
+}
+
+/// The position from which the free space and visibility maps are tracked
+/// is carried by the full part and by every record.
+#[test]
+fn the_side_fork_position_is_kept_by_full_writes_and_records() {
+    let dir = TempDir::new("side-forks");
+    let map = OwnedLsnMap::new(SLOTS);
+    mark_some(&map, 0..10, 0x1000);
+    flush(&dir.0, &map, 0x1000);
+    let read = |redo: u64| {
+        *open_header_verified(&dir.0.join(MAP_FILE_NAME), &expect_at(redo))
+            .unwrap()
+            .meta()
+    };
+    assert_eq!(read(0x1000).side_forks_tracked_from, Lsn::INVALID);
+    map.view().track_side_forks_from(Lsn(0x1800));
+    flush(&dir.0, &map, 0x2000);
+    assert_eq!(read(0x2000).side_forks_tracked_from, Lsn(0x1800));
+    map.view().set_delta_position(None);
+    assert!(matches!(flush(&dir.0, &map, 0x3000), Flushed::Full { .. }));
+    assert_eq!(read(0x3000).side_forks_tracked_from, Lsn(0x1800));
+    map.view().forget_side_forks();
+    flush(&dir.0, &map, 0x4000);
+    assert_eq!(read(0x4000).side_forks_tracked_from, Lsn::INVALID);
 }

@@ -40,6 +40,7 @@ pub fn with_delta(meta: MapFileMeta, prefix: &DeltaPrefix) -> MapFileMeta {
             init_lsn: last.init_lsn,
             checkpoint_redo: last.checkpoint_redo,
             wal_tracked_through: last.wal_tracked_through,
+            side_forks_tracked_from: last.side_forks_tracked_from,
             ..meta
         },
         None => meta,
@@ -150,6 +151,7 @@ mod tests {
             data_checksum_version: 1,
             wal_tracked_through: Lsn::INVALID,
             base_nonce: 0x5EED,
+            side_forks_tracked_from: Lsn::INVALID,
         };
         let mut image = Vec::new();
         write_map(&mut image, &meta, view.words()).unwrap();
