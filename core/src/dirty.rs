@@ -69,9 +69,16 @@ impl<'a> DirtyRegions<'a> {
     }
 
     /// Takes bitmap word `index`, leaving it clear: the regions whose bits it
-    /// returns must be read after this call.
+    /// returns must be read after this call. A word seen clear is left
+    /// alone: a writer's bit load that the look preceded sees it clear too
+    /// and sets it, for the next flush. Most words of a big map are clear,
+    /// and a look costs no locked instruction.
     pub fn take_word(&self, index: usize) -> u64 {
-        self.bits[index].swap(0, Ordering::SeqCst)
+        let bits = &self.bits[index];
+        if bits.load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
+        bits.swap(0, Ordering::SeqCst)
     }
 
     /// Dirty regions counted without taking them: to size a flush before
@@ -85,8 +92,8 @@ impl<'a> DirtyRegions<'a> {
 
     /// Clears every bit, before a flush that reads every word anyway.
     pub fn take_all(&self) {
-        for bits in self.bits {
-            bits.swap(0, Ordering::SeqCst);
+        for index in 0..self.bits.len() {
+            self.take_word(index);
         }
     }
 
