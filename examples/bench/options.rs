@@ -91,6 +91,7 @@ impl Params {
         Params {
             pgbench_scale: env_or("BENCH_PGBENCH_SCALE", p.pgbench_scale),
             rounds: env_or("BENCH_ROUNDS", p.rounds),
+            checkpoint_rounds: env_or("BENCH_ROUNDS", p.checkpoint_rounds),
             round_seconds: env_or("BENCH_ROUND_SECONDS", p.round_seconds),
             backup_scale: env_or("BENCH_BACKUP_SCALE", p.backup_scale),
             callgrind_n: n.unwrap_or(p.callgrind_n),

@@ -127,7 +127,7 @@ pub fn switch_to(c: &mut Cluster, cfg: &ServerConfig, reset: &str) {
     wait_reader(c, cfg);
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it returns -1 only for an unknown
     // name, which _SC_CLK_TCK is not.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -139,7 +139,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// (ppid, utime + stime, cutime + cstime) of a process, in clock ticks.
-fn proc_times(pid: u32) -> Option<(u32, u64, u64)> {
+pub fn proc_times(pid: u32) -> Option<(u32, u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 1..];
