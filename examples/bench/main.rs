@@ -36,7 +36,8 @@
 //! written since then count as this run's). Environment: `BENCH_QUICK=1`
 //! (tiny sizes, one round: checks the harness), `BENCH_ONLY`, and overrides
 //! `BENCH_ROUNDS`, `BENCH_ROUND_SECONDS`, `BENCH_PGBENCH_SCALE`,
-//! `BENCH_BACKUP_SCALE`, `BENCH_CALLGRIND_N` (`N1,N2`). Needs
+//! `BENCH_BACKUP_SCALE`, `BENCH_CALLGRIND_N` (`N1,N2`),
+//! `BENCH_CHECKPOINT_BUFFERS` (the burst before a measured checkpoint). Needs
 //! `PTRACK_PG_PREFIX` like the tests, and root (drop_caches, runuser).
 
 #[path = "../../tests/common/mod.rs"]
