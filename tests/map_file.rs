@@ -59,12 +59,12 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
     );
     let (b, records) = b.split_at(map_len(map_mb));
     assert_eq!(&b[0..8], MAGIC, "magic");
-    assert_eq!(u32_at(&b, 8), 3, "format version");
-    assert_eq!(u32_at(&b, 12), HEADER_LEN as u32, "header length");
-    assert_eq!(u64_at(&b, 16), c.system_identifier(), "system identifier");
-    assert_eq!(u64_at(&b, 24), slot_count(map_mb), "slot count");
+    assert_eq!(u32_at(b, 8), 3, "format version");
+    assert_eq!(u32_at(b, 12), HEADER_LEN as u32, "header length");
+    assert_eq!(u64_at(b, 16), c.system_identifier(), "system identifier");
+    assert_eq!(u64_at(b, 24), slot_count(map_mb), "slot count");
     assert_eq!(
-        u32_at(&b, 48),
+        u32_at(b, 48),
         1,
         "data checksum version (the cluster has checksums)"
     );
@@ -72,11 +72,11 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
         b[52..56].iter().all(|&x| x == 0),
         "header bytes 52..56 are not zero"
     );
-    assert_eq!(u64_at(&b, 56), 0, "a WAL position in a hook-mode map");
-    assert_ne!(u64_at(&b, 64), 0, "the nonce is zero");
+    assert_eq!(u64_at(b, 56), 0, "a WAL position in a hook-mode map");
+    assert_ne!(u64_at(b, 64), 0, "the nonce is zero");
     let trailer = b.len() - TRAILER_LEN;
     assert_eq!(
-        u32_at(&b, trailer),
+        u32_at(b, trailer),
         crc32fast::hash(&b[..trailer]),
         "CRC of {}",
         path.display()
@@ -87,8 +87,8 @@ fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
         "global/ptrack.map.tmp left behind"
     );
     let mut header = Header {
-        init_lsn: Lsn(u64_at(&b, 32)),
-        checkpoint_redo: Lsn(u64_at(&b, 40)),
+        init_lsn: Lsn(u64_at(b, 32)),
+        checkpoint_redo: Lsn(u64_at(b, 40)),
     };
     for (init_lsn, checkpoint_redo) in delta_records(records, u64_at(b, 64)) {
         header = Header {
