@@ -10,7 +10,9 @@ use pgrx::prelude::*;
 use ptrack_core::{walk, Fork, RelFileKey};
 
 use crate::map_store;
-use crate::server::{self, BlockHook, CopydirHook, CoreHooks, RelFileBackend, SyncHook};
+use crate::server::{
+    self, BlockHook, BlocksHook, CopydirHook, CoreHooks, RelFileBackend, SyncHook,
+};
 
 /// The hooks that were installed before ours, called first by ours.
 struct PreviousHooks {
@@ -18,6 +20,8 @@ struct PreviousHooks {
     mdextend: Option<BlockHook>,
     copydir: Option<CopydirHook>,
     process_sync_requests: Option<SyncHook>,
+    mdzeroextend: Option<BlocksHook>,
+    mdwritev: Option<BlocksHook>,
 }
 
 // SAFETY: plain function pointers, written once in the postmaster and only read
@@ -40,6 +44,8 @@ pub fn install(hooks: &CoreHooks) {
             process_sync_requests: hooks
                 .process_sync_requests
                 .replace(Some(on_sync_requests_processed)),
+            mdzeroextend: replace_if_present(hooks.mdzeroextend, on_mdzeroextend),
+            mdwritev: replace_if_present(hooks.mdwritev, on_mdwritev),
         };
         let _ = PREVIOUS.set(previous);
     }
@@ -49,6 +55,18 @@ fn previous() -> Option<&'static PreviousHooks> {
     PREVIOUS.get()
 }
 
+/// Installs `ours` into the run hook at `variable` if the server has one.
+///
+/// # Safety
+/// As for [`install`]: `variable` is null or the server's hook variable.
+unsafe fn replace_if_present(
+    variable: *mut Option<BlocksHook>,
+    ours: BlocksHook,
+) -> Option<BlocksHook> {
+    // SAFETY: the caller's contract; `as_mut` turns a null into `None`.
+    unsafe { variable.as_mut() }.and_then(|hook| hook.replace(ours))
+}
+
 /// Marks one written block. Runs inside critical sections: no allocation, no
 /// error, no panic — every step below is a load, a hash or an atomic.
 #[inline(always)]
@@ -56,6 +74,20 @@ fn mark_block(
     rlocator: &RelFileBackend,
     fork: pg_sys::ForkNumber::Type,
     block: pg_sys::BlockNumber,
+) {
+    mark_blocks(rlocator, fork, block, 1);
+}
+
+/// Marks `count` blocks from `first`, all written (or extended) before this
+/// call, with one WAL position read after all of them: what the position
+/// must be at least for each, read once instead of once per block (each read
+/// takes the WAL insert spinlock). Same constraints as [`mark_block`].
+#[inline(always)]
+fn mark_blocks(
+    rlocator: &RelFileBackend,
+    fork: pg_sys::ForkNumber::Type,
+    first: pg_sys::BlockNumber,
+    count: pg_sys::BlockNumber,
 ) {
     let Some((tablespace, database, relfilenode)) = server::permanent_relation(rlocator) else {
         return;
@@ -67,14 +99,16 @@ fn mark_block(
     let Some(fork) = Fork::from_number(fork) else {
         return;
     };
-    let key = RelFileKey {
+    let file = RelFileKey {
         tablespace,
         database,
         relfilenode,
         fork,
+    };
+    let lsn = server::current_lsn();
+    for block in first..first.saturating_add(count) {
+        map.mark(&file.block(block), lsn);
     }
-    .block(block);
-    map.mark(&key, server::current_lsn());
 }
 
 unsafe extern "C" fn on_mdwrite(
@@ -99,6 +133,52 @@ unsafe extern "C" fn on_mdextend(
         unsafe { previous(rlocator, fork, block) };
     }
     mark_block(&rlocator, fork, block);
+}
+
+/// A run of blocks `mdzeroextend` extended the fork by (called before and
+/// after the extension): the per-block hook found before ours gets each
+/// block, as the patch would have called it, then all are marked at once.
+unsafe extern "C" fn on_mdzeroextend(
+    rlocator: RelFileBackend,
+    fork: pg_sys::ForkNumber::Type,
+    first: pg_sys::BlockNumber,
+    count: pg_sys::BlockNumber,
+) {
+    if let Some(hooks) = previous() {
+        if let Some(previous) = hooks.mdzeroextend {
+            // SAFETY: as in `on_mdwrite`.
+            unsafe { previous(rlocator, fork, first, count) };
+        }
+        if let Some(previous) = hooks.mdextend {
+            for block in first..first.saturating_add(count) {
+                // SAFETY: as in `on_mdwrite`.
+                unsafe { previous(rlocator, fork, block) };
+            }
+        }
+    }
+    mark_blocks(&rlocator, fork, first, count);
+}
+
+/// A run of blocks `mdwritev` wrote, after the write: as `on_mdzeroextend`.
+unsafe extern "C" fn on_mdwritev(
+    rlocator: RelFileBackend,
+    fork: pg_sys::ForkNumber::Type,
+    first: pg_sys::BlockNumber,
+    count: pg_sys::BlockNumber,
+) {
+    if let Some(hooks) = previous() {
+        if let Some(previous) = hooks.mdwritev {
+            // SAFETY: as in `on_mdwrite`.
+            unsafe { previous(rlocator, fork, first, count) };
+        }
+        if let Some(previous) = hooks.mdwrite {
+            for block in first..first.saturating_add(count) {
+                // SAFETY: as in `on_mdwrite`.
+                unsafe { previous(rlocator, fork, block) };
+            }
+        }
+    }
+    mark_blocks(&rlocator, fork, first, count);
 }
 
 /// A whole database directory was copied (`CREATE DATABASE … STRATEGY

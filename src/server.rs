@@ -24,6 +24,14 @@ pub type BlockHook = unsafe extern "C" fn(
     fork: pg_sys::ForkNumber::Type,
     block: pg_sys::BlockNumber,
 );
+/// The run hooks of version 2 of the patch: `count` blocks from `first`, of
+/// one segment, in one call.
+pub type BlocksHook = unsafe extern "C" fn(
+    rlocator: RelFileBackend,
+    fork: pg_sys::ForkNumber::Type,
+    first: pg_sys::BlockNumber,
+    count: pg_sys::BlockNumber,
+);
 pub type CopydirHook = unsafe extern "C" fn(path: *const c_char);
 pub type SyncHook = unsafe extern "C" fn();
 
@@ -190,6 +198,11 @@ pub struct CoreHooks {
     pub mdextend: *mut Option<BlockHook>,
     pub copydir: *mut Option<CopydirHook>,
     pub process_sync_requests: *mut Option<SyncHook>,
+    /// Version 2 of the patch (17 and 18): `mdzeroextend` and `mdwritev` call
+    /// these once per run of blocks instead of the per-block hooks; null on
+    /// servers without them (15, older patches, C ptrack's patch).
+    pub mdzeroextend: *mut Option<BlocksHook>,
+    pub mdwritev: *mut Option<BlocksHook>,
 }
 
 fn lookup(name: &CStr) -> *mut c_void {
@@ -246,6 +259,8 @@ impl CoreHooks {
             mdextend: found[1].cast(),
             copydir: found[2].cast(),
             process_sync_requests: found[3].cast(),
+            mdzeroextend: lookup(c"mdzeroextend_hook").cast(),
+            mdwritev: lookup(c"mdwritev_hook").cast(),
         })
     }
 }
