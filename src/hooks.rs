@@ -135,50 +135,50 @@ unsafe extern "C" fn on_mdextend(
     mark_block(&rlocator, fork, block);
 }
 
-/// A run of blocks `mdzeroextend` extended the fork by (called before and
-/// after the extension): the per-block hook found before ours gets each
-/// block, as the patch would have called it, then all are marked at once.
+/// A run hook's work: the hooks found before ours get the run as the patch
+/// would have called them — the run hook whole, the per-block hook block by
+/// block — then all blocks are marked with one WAL position.
+fn pass_on_and_mark_run(
+    (previous_run, previous_block): (Option<BlocksHook>, Option<BlockHook>),
+    rlocator: RelFileBackend,
+    fork: pg_sys::ForkNumber::Type,
+    first: pg_sys::BlockNumber,
+    count: pg_sys::BlockNumber,
+) {
+    if let Some(previous) = previous_run {
+        // SAFETY: as in `on_mdwrite`.
+        unsafe { previous(rlocator, fork, first, count) };
+    }
+    if let Some(previous) = previous_block {
+        for block in first..first.saturating_add(count) {
+            // SAFETY: as in `on_mdwrite`.
+            unsafe { previous(rlocator, fork, block) };
+        }
+    }
+    mark_blocks(&rlocator, fork, first, count);
+}
+
+/// A run of blocks `mdzeroextend` extended the fork by, called before and
+/// after the extension.
 unsafe extern "C" fn on_mdzeroextend(
     rlocator: RelFileBackend,
     fork: pg_sys::ForkNumber::Type,
     first: pg_sys::BlockNumber,
     count: pg_sys::BlockNumber,
 ) {
-    if let Some(hooks) = previous() {
-        if let Some(previous) = hooks.mdzeroextend {
-            // SAFETY: as in `on_mdwrite`.
-            unsafe { previous(rlocator, fork, first, count) };
-        }
-        if let Some(previous) = hooks.mdextend {
-            for block in first..first.saturating_add(count) {
-                // SAFETY: as in `on_mdwrite`.
-                unsafe { previous(rlocator, fork, block) };
-            }
-        }
-    }
-    mark_blocks(&rlocator, fork, first, count);
+    let previous = previous().map_or((None, None), |p| (p.mdzeroextend, p.mdextend));
+    pass_on_and_mark_run(previous, rlocator, fork, first, count);
 }
 
-/// A run of blocks `mdwritev` wrote, after the write: as `on_mdzeroextend`.
+/// A run of blocks `mdwritev` wrote, after the write.
 unsafe extern "C" fn on_mdwritev(
     rlocator: RelFileBackend,
     fork: pg_sys::ForkNumber::Type,
     first: pg_sys::BlockNumber,
     count: pg_sys::BlockNumber,
 ) {
-    if let Some(hooks) = previous() {
-        if let Some(previous) = hooks.mdwritev {
-            // SAFETY: as in `on_mdwrite`.
-            unsafe { previous(rlocator, fork, first, count) };
-        }
-        if let Some(previous) = hooks.mdwrite {
-            for block in first..first.saturating_add(count) {
-                // SAFETY: as in `on_mdwrite`.
-                unsafe { previous(rlocator, fork, block) };
-            }
-        }
-    }
-    mark_blocks(&rlocator, fork, first, count);
+    let previous = previous().map_or((None, None), |p| (p.mdwritev, p.mdwrite));
+    pass_on_and_mark_run(previous, rlocator, fork, first, count);
 }
 
 /// A whole database directory was copied (`CREATE DATABASE … STRATEGY

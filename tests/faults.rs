@@ -19,8 +19,8 @@ use common::{workload, Cluster, Lsn, StopMode};
 const PAUSE: &str = "ptrack.debug_flush_pause_ms";
 const FAIL_AFTER: &str = "ptrack.debug_flush_fail_after_chunks";
 /// Every flush writes the whole map (a temporary file and a rename) while 1;
-/// otherwise only the first after a start does, and later ones append to the
-/// delta file.
+/// otherwise only the first after a start does, and later ones append delta
+/// records to the map file.
 const FULL: &str = "ptrack.debug_full_flushes";
 
 /// A new cluster with the settings `conf`, the workload's starting state and

@@ -46,7 +46,7 @@ struct Header {
 }
 
 /// Reads the map file and checks every field of the layout; the positions
-/// are those of the delta file's last whole record, if it has one.
+/// are those of the last whole delta record, if it has one.
 fn read_valid_map(c: &Cluster, map_mb: u64) -> Header {
     let path = c.map_path();
     let b = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -218,7 +218,7 @@ fn damage_map(c: &Cluster, kind: Damage) {
             b[off] ^= 0x80;
         }
         Damage::WrongVersion => {
-            // Version 2, the format before the delta file: what an upgrade
+            // Version 2, the format before delta records: what an upgrade
             // from the previous release finds.
             b[8..12].copy_from_slice(&2u32.to_le_bytes());
             recompute_crc(&mut b[..full_part]);

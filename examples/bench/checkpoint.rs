@@ -2,7 +2,7 @@
 //! blocks (issue #12's case), ptrack off against a 64 MB and a 1 GB map.
 //!
 //! The first map flush after a start writes the whole map whatever changed,
-//! and so does every flush of builds without the delta file: each round
+//! and so does every flush of builds without delta records: each round
 //! restarts into its configuration and takes a warm-up CHECKPOINT first, so
 //! that the measured checkpoint is the steady state, not the start's cost.
 //!
@@ -17,7 +17,7 @@
 //! flush runs in the checkpointer, in its sync phase): CPU time from
 //! /proc/<pid>/stat and schedstat, bytes from /proc/<pid>/io. The flush's
 //! bytes come from ptrack's debug1 line; a build that logs none there (before
-//! the delta file) wrote its whole map file, whose size is taken instead.
+//! delta records) wrote its whole map file, whose size is taken instead.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -74,7 +74,7 @@ enum MapFlush {
         bytes: u64,
         regions: u64,
     },
-    /// ptrack is loaded but logged no flush: a build before the delta file,
+    /// ptrack is loaded but logged no flush: a build before delta records,
     /// which writes the whole map file at every checkpoint.
     Unlogged {
         file_bytes: u64,
@@ -812,7 +812,7 @@ pub fn section_checkpoint(opts: &Opts, p: &Params, _: &mut Context) -> (Json, St
     );
     let _ = writeln!(
         md,
-        "A build with the delta file appends only the map's changed 64-byte regions at a \
+        "A build with delta records appends only the map's changed 64-byte regions at a \
          checkpoint (a full write only after a start, or when the delta would pass half the \
          map); a build without it writes (with its CRC) and fsyncs the whole S MB map file at \
          every checkpoint whatever the checkpoint wrote. \"map flush\" is the difference of the \

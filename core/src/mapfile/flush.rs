@@ -23,7 +23,7 @@ use crate::LsnMap;
 /// What a flush wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flushed {
-    /// A whole map file, and an empty delta after it.
+    /// A whole map file, with no delta records after it yet.
     Full { bytes: u64 },
     /// One delta record of `regions` dirty regions.
     Delta { bytes: u64, regions: u64 },
